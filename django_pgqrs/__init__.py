@@ -1,0 +1,88 @@
+"""Durable workflows for Django on PostgreSQL.
+
+A workflow is a function made of steps; each finished step's result is saved, so a workflow that
+crashed resumes where it stopped. See the README for a tour.
+
+The names below are imported on first use: Django must load this package before its models are
+ready, and most of them need the models.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .decorators import StepFunction, WorkflowFunction, step, workflow
+    from .exceptions import (
+        DuplicateWorkflowName,
+        InputMismatch,
+        LeaseLost,
+        NonDeterministicWorkflow,
+        PayloadError,
+        PgqrsError,
+        StepOutsideWorkflow,
+        UnknownWorkflow,
+        WorkflowBusy,
+        WorkflowCancelled,
+        WorkflowMismatch,
+        WorkflowNotFound,
+    )
+    from .models import StepStatus, Workflow, WorkflowStatus, WorkflowStep
+    from .registry import get_workflow
+    from .runtime import create_workflow, resume
+
+__all__ = [
+    "DuplicateWorkflowName",
+    "InputMismatch",
+    "LeaseLost",
+    "NonDeterministicWorkflow",
+    "PayloadError",
+    "PgqrsError",
+    "StepFunction",
+    "StepOutsideWorkflow",
+    "StepStatus",
+    "UnknownWorkflow",
+    "Workflow",
+    "WorkflowBusy",
+    "WorkflowCancelled",
+    "WorkflowFunction",
+    "WorkflowMismatch",
+    "WorkflowNotFound",
+    "WorkflowStatus",
+    "WorkflowStep",
+    "create_workflow",
+    "get_workflow",
+    "resume",
+    "step",
+    "workflow",
+]
+
+_HOMES = {
+    "decorators": ["StepFunction", "WorkflowFunction", "step", "workflow"],
+    "exceptions": [
+        "DuplicateWorkflowName",
+        "InputMismatch",
+        "LeaseLost",
+        "NonDeterministicWorkflow",
+        "PayloadError",
+        "PgqrsError",
+        "StepOutsideWorkflow",
+        "UnknownWorkflow",
+        "WorkflowBusy",
+        "WorkflowCancelled",
+        "WorkflowMismatch",
+        "WorkflowNotFound",
+    ],
+    "models": ["StepStatus", "Workflow", "WorkflowStatus", "WorkflowStep"],
+    "registry": ["get_workflow"],
+    "runtime": ["create_workflow", "resume"],
+}
+_HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    module = _HOME_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'django_pgqrs' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)

@@ -1,0 +1,66 @@
+"""System checks: settings and database support, reported by ``manage.py check``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import Error, Tags, register
+from django.db import connections, router
+
+from .conf import DEFAULTS
+
+
+@register(Tags.compatibility)
+def check_settings(**kwargs: Any) -> list[Error]:
+    value = getattr(settings, "PGQRS", {})
+    if not isinstance(value, dict):
+        return [Error("settings.PGQRS must be a dict.", id="django_pgqrs.E001")]
+    errors = [
+        Error(
+            f"settings.PGQRS has an unknown key {key!r}.",
+            hint=f"Known keys: {', '.join(sorted(DEFAULTS))}.",
+            id="django_pgqrs.E002",
+        )
+        for key in sorted(set(value) - set(DEFAULTS))
+    ]
+    for key in sorted(set(value) & set(DEFAULTS) - {"PREPARED_STATEMENTS"}):
+        if (
+            isinstance(value[key], bool)
+            or not isinstance(value[key], int | float)
+            or value[key] <= 0
+        ):
+            errors.append(
+                Error(f"settings.PGQRS[{key!r}] must be a positive number.", id="django_pgqrs.E003")
+            )
+    if not errors:
+        lease = value.get("LEASE_SECONDS", DEFAULTS["LEASE_SECONDS"])
+        beat = value.get("HEARTBEAT_SECONDS", DEFAULTS["HEARTBEAT_SECONDS"])
+        if beat >= lease:
+            errors.append(
+                Error(
+                    "settings.PGQRS['HEARTBEAT_SECONDS'] must be less than ['LEASE_SECONDS'].",
+                    hint="Leases are renewed each heartbeat; renew well before they expire, "
+                    "e.g. a heartbeat of a third of the lease.",
+                    id="django_pgqrs.E004",
+                )
+            )
+    return errors
+
+
+@register(Tags.database)
+def check_database(databases: Any = None, **kwargs: Any) -> list[Error]:
+    from .models import Workflow
+
+    alias = router.db_for_write(Workflow) or "default"
+    if databases is not None and alias not in databases:
+        return []
+    vendor = connections[alias].vendor
+    if vendor in ("postgresql", "sqlite"):
+        return []
+    return [
+        Error(
+            f"django-pgqrs supports PostgreSQL and SQLite; database {alias!r} is {vendor}.",
+            id="django_pgqrs.E005",
+        )
+    ]

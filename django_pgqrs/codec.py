@@ -1,0 +1,251 @@
+"""JSON encoding of inputs and results, with round-trip for common Python types.
+
+Values are stored as JSON, never pickle. Plain JSON values (str, int, float, bool, None, list,
+dict with str keys) are stored as themselves, so the guide's monitoring SQL and ``jsonb``
+operators see ordinary JSON. Other supported types are stored as a tagged object
+``{"__pgqrs__": kind, "v": ...}`` and come back as the same type: tuple, set, frozenset, bytes,
+datetime, date, time, timedelta, Decimal, UUID, Enum members, dataclasses, floats that JSON cannot
+spell (nan, inf), and dicts whose keys are not all strings.
+
+Dataclasses and Enums are found again by import path, so they must be defined at module level.
+Strings holding ``\\x00`` are refused on every database: PostgreSQL's jsonb cannot store them, and a
+workflow that runs on SQLite in development must not fail only in production.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime
+import decimal
+import enum
+import importlib
+import json
+import uuid
+from typing import Any, TypeAlias
+
+from .exceptions import PayloadError
+
+Json: TypeAlias = bool | int | float | str | list["Json"] | dict[str, "Json"] | None
+
+TAG = "__pgqrs__"
+_PLAIN = (str, int, bool, type(None))
+_FLOAT_NAMES = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
+
+
+class _Unencodable(Exception):
+    """Internal: a value deep inside a payload cannot be encoded; ``path`` says where."""
+
+    def __init__(self, value: object, reason: str) -> None:
+        self.value = value
+        self.reason = reason
+        self.path: list[str] = []
+
+
+def dump(value: object, what: str, max_bytes: int | None = None) -> str:
+    """Encode ``value`` as JSON text.
+
+    ``what`` names the value in errors ("result of step 'fetch_data'"). Raise ``PayloadError`` if
+    the value, or anything inside it, cannot be stored, or if the text exceeds ``max_bytes``.
+    """
+    try:
+        data = to_json(value)
+    except _Unencodable as exc:
+        where = "".join(reversed(exc.path))
+        at = f" at {where}" if where else ""
+        kind = type(exc.value)
+        raise PayloadError(
+            f"The {what} cannot be stored: {exc.reason}{at} "
+            f"(type {kind.__module__}.{kind.__qualname__}). Return JSON values, or types that "
+            f"django-pgqrs round-trips (datetime, Decimal, UUID, tuple, dataclass, ...)."
+        ) from None
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    if max_bytes is not None and len(text) * 4 > max_bytes:
+        size = len(text.encode())
+        if size > max_bytes:
+            raise PayloadError(
+                f"The {what} is {size} bytes encoded, more than PGQRS['MAX_PAYLOAD_BYTES'] "
+                f"({max_bytes}). Store large data elsewhere and pass a reference."
+            )
+    return text
+
+
+def loads(text: str | bytes | None) -> Any:
+    """Decode JSON text written by ``dump`` back into Python values."""
+    if text is None:
+        return None
+    return json.loads(text, object_hook=_object_hook)
+
+
+class PayloadEncoder(json.JSONEncoder):
+    """JSON encoder for model fields: tags non-JSON types the way ``dump`` does."""
+
+    def encode(self, o: Any) -> str:
+        try:
+            return super().encode(to_json(o))
+        except _Unencodable as exc:
+            raise TypeError(f"{type(exc.value).__qualname__} cannot be stored as JSON") from None
+
+
+class PayloadDecoder(json.JSONDecoder):
+    """JSON decoder for model fields: rebuilds the values ``dump`` tagged."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["object_hook"] = _object_hook
+        super().__init__(*args, **kwargs)
+
+
+def to_json(value: object) -> Json:
+    """Return ``value`` as JSON data: new containers, tagged objects for non-JSON types."""
+    kind = type(value)
+    if kind in _PLAIN:
+        if kind is str and "\x00" in value:  # type: ignore[operator]
+            raise _Unencodable(value, "a string holding the NUL character \\x00")
+        return value  # type: ignore[return-value]
+    if kind is float:
+        if value != value or value in (float("inf"), float("-inf")):
+            return {TAG: "float", "v": repr(value)}
+        return value  # type: ignore[return-value]
+    if kind is list:
+        return _list(value)
+    if kind is dict:
+        return _dict(value)  # type: ignore[arg-type]
+    return _tagged(value)
+
+
+def _list(items: Any) -> list[Json]:
+    out: list[Json] = []
+    for index, item in enumerate(items):
+        try:
+            out.append(to_json(item))
+        except _Unencodable as exc:
+            exc.path.append(f"[{index}]")
+            raise
+    return out
+
+
+def _dict(mapping: dict[Any, Any]) -> Json:
+    if TAG in mapping or not all(type(key) is str for key in mapping):
+        return {TAG: "dict", "v": _list([key, item] for key, item in mapping.items())}
+    out: dict[str, Json] = {}
+    for key, item in mapping.items():
+        if "\x00" in key:
+            raise _Unencodable(key, "a dict key holding the NUL character \\x00")
+        try:
+            out[key] = to_json(item)
+        except _Unencodable as exc:
+            exc.path.append(f"[{key!r}]")
+            raise
+    return out
+
+
+def _class_path(cls: type) -> str:
+    if "<locals>" in cls.__qualname__:
+        raise _Unencodable(cls, f"{cls.__qualname__} is defined inside a function")
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _tagged(value: object) -> Json:
+    if isinstance(value, enum.Enum):
+        return {TAG: "enum", "cls": _class_path(type(value)), "v": to_json(value.value)}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {field.name: getattr(value, field.name) for field in dataclasses.fields(value)}
+        return {TAG: "dataclass", "cls": _class_path(type(value)), "v": _dict(fields)}
+    if isinstance(value, datetime.datetime):
+        return {TAG: "datetime", "v": value.isoformat()}
+    if isinstance(value, datetime.date):
+        return {TAG: "date", "v": value.isoformat()}
+    if isinstance(value, datetime.time):
+        return {TAG: "time", "v": value.isoformat()}
+    if isinstance(value, datetime.timedelta):
+        return {TAG: "timedelta", "v": [value.days, value.seconds, value.microseconds]}
+    if isinstance(value, decimal.Decimal):
+        return {TAG: "decimal", "v": str(value)}
+    if isinstance(value, uuid.UUID):
+        return {TAG: "uuid", "v": str(value)}
+    if isinstance(value, tuple):
+        return {TAG: "tuple", "v": _list(value)}
+    if isinstance(value, frozenset):
+        return {TAG: "frozenset", "v": _list(value)}
+    if isinstance(value, set):
+        return {TAG: "set", "v": _list(value)}
+    if isinstance(value, bytes | bytearray):
+        return {TAG: "bytes", "v": base64.b64encode(value).decode("ascii")}
+    # Subclasses of the plain types (str, int, float, list, dict) that are not Enums.
+    for base in (int, float, str):
+        if isinstance(value, base):
+            return to_json(base(value))
+    if isinstance(value, list):
+        return _list(value)
+    if isinstance(value, dict):
+        return _dict(dict(value))
+    raise _Unencodable(value, "this type has no JSON form")
+
+
+def _object_hook(data: dict[str, Any]) -> Any:
+    # Called by the JSON parser for every object, innermost first: nested values are decoded.
+    tag = data.get(TAG)
+    return data if tag is None else _untag(tag, data)
+
+
+def _untag(tag: str, data: dict[str, Any]) -> Any:
+    raw: Any = data.get("v")
+    if tag == "tuple":
+        return tuple(raw)
+    if tag == "datetime":
+        return datetime.datetime.fromisoformat(raw)
+    if tag == "date":
+        return datetime.date.fromisoformat(raw)
+    if tag == "time":
+        return datetime.time.fromisoformat(raw)
+    if tag == "timedelta":
+        return datetime.timedelta(days=raw[0], seconds=raw[1], microseconds=raw[2])
+    if tag == "decimal":
+        return decimal.Decimal(raw)
+    if tag == "uuid":
+        return uuid.UUID(raw)
+    if tag == "dict":
+        return {key: item for key, item in raw}
+    if tag == "set":
+        return set(raw)
+    if tag == "frozenset":
+        return frozenset(raw)
+    if tag == "bytes":
+        return base64.b64decode(raw)
+    if tag == "float":
+        return _FLOAT_NAMES[raw]
+    if tag == "enum":
+        return _load_class(data["cls"], enum.Enum)(raw)
+    if tag == "dataclass":
+        return _dataclass(_load_class(data["cls"], None), raw)
+    raise PayloadError(
+        f"Saved JSON holds an unknown tagged value {tag!r}; it was not written by this version "
+        f"of django-pgqrs."
+    )
+
+
+def _load_class(path: str, base: type | None) -> type:
+    module_name, _, qualname = path.partition(":")
+    try:
+        found: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError):
+        raise PayloadError(
+            f"Saved JSON names the class {path}, which can no longer be imported. Restore it "
+            f"(or keep an alias at that path) so saved workflows can be decoded."
+        ) from None
+    if not isinstance(found, type) or not (
+        issubclass(found, base) if base else dataclasses.is_dataclass(found)
+    ):
+        raise PayloadError(f"Saved JSON names {path}, which is not a dataclass or Enum.")
+    return found
+
+
+def _dataclass(cls: type, values: dict[str, Any]) -> Any:
+    fields = dataclasses.fields(cls)
+    obj = cls(**{f.name: values[f.name] for f in fields if f.init and f.name in values})
+    for field in fields:
+        if not field.init and field.name in values:
+            object.__setattr__(obj, field.name, values[field.name])
+    return obj

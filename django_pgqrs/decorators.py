@@ -1,0 +1,150 @@
+"""``@workflow`` and ``@step``: thin, typed wrappers over the engine in ``runtime``."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
+
+from . import registry, runtime
+from .models import Workflow
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _check_sync(func: Callable[..., Any], kind: str) -> None:
+    if inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func):
+        raise TypeError(
+            f"@{kind} {func.__qualname__} is async; django-pgqrs runs plain (sync) functions. "
+            f"Define it with `def`; call async code from inside it with asgiref's async_to_sync."
+        )
+
+
+class WorkflowFunction(Generic[P, R]):
+    """A function decorated with ``@workflow``.
+
+    ``fn(ctx, *args)`` runs or resumes the workflow ``ctx`` (from ``create_workflow``);
+    ``fn.run(*args)`` creates a workflow and runs it in one call.
+    """
+
+    def __init__(self, func: Callable[Concatenate[Workflow, P], R], name: str) -> None:
+        _check_sync(func, "workflow")
+        functools.update_wrapper(self, func)
+        self.func = func
+        self.name = name
+        self.signature = runtime.signature_of(func)
+
+    def __call__(self, ctx: Workflow, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the workflow ``ctx`` to its end, replaying the steps it already finished."""
+        return runtime.run_workflow(self, ctx, args, kwargs)  # type: ignore[no-any-return]
+
+    def run(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Create a workflow of this function with these arguments and run it here."""
+        return runtime.start_and_run(self, args, kwargs)  # type: ignore[no-any-return]
+
+    def create(self, *args: P.args, **kwargs: P.kwargs) -> Workflow:
+        """Save a PENDING workflow of this function; call the function with it to run it."""
+        return runtime.create_workflow(self.name, *args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<workflow {self.name}>"
+
+
+class StepFunction(Generic[P, R]):
+    """A function decorated with ``@step``: ``fn(ctx, *args)`` runs once per workflow call."""
+
+    def __init__(
+        self,
+        func: Callable[Concatenate[Workflow, P], R],
+        name: str,
+        retries: int,
+        backoff: float,
+        retry_on: tuple[type[BaseException], ...],
+        atomic: bool,
+    ) -> None:
+        _check_sync(func, "step")
+        if retries < 0 or backoff < 0:
+            raise ValueError(f"@step {name}: retries and backoff must not be negative.")
+        functools.update_wrapper(self, func)
+        runtime.signature_of(func)
+        self.func = func
+        self.name = name
+        self.retries = retries
+        self.backoff = backoff
+        self.retry_on = retry_on
+        self.atomic = atomic
+
+    def __call__(self, ctx: Workflow, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Return the saved result of this call, or run the step and save its result."""
+        return runtime.call_step(self, ctx, args, kwargs)  # type: ignore[no-any-return]
+
+    def __repr__(self) -> str:
+        return f"<step {self.name}>"
+
+
+@overload
+def workflow(func: Callable[Concatenate[Workflow, P], R], /) -> WorkflowFunction[P, R]: ...
+
+
+@overload
+def workflow(
+    *, name: str | None = None
+) -> Callable[[Callable[Concatenate[Workflow, P], R]], WorkflowFunction[P, R]]: ...
+
+
+def workflow(
+    func: Callable[Concatenate[Workflow, P], R] | None = None, /, *, name: str | None = None
+) -> Any:
+    """Make a function a durable workflow, registered under ``name`` (default: its name).
+
+    The function takes the workflow context first; its other arguments and its result must be
+    storable as JSON (see ``django_pgqrs.codec``). Use bare (``@workflow``) or with options.
+    """
+
+    def decorate(func: Callable[Concatenate[Workflow, P], R]) -> WorkflowFunction[P, R]:
+        definition = WorkflowFunction(func, name or func.__name__)
+        registry.register(definition)
+        return definition
+
+    return decorate if func is None else decorate(func)
+
+
+@overload
+def step(func: Callable[Concatenate[Workflow, P], R], /) -> StepFunction[P, R]: ...
+
+
+@overload
+def step(
+    *,
+    name: str | None = None,
+    retries: int = 0,
+    backoff: float = 1.0,
+    retry_on: tuple[type[BaseException], ...] = (Exception,),
+    atomic: bool = False,
+) -> Callable[[Callable[Concatenate[Workflow, P], R]], StepFunction[P, R]]: ...
+
+
+def step(
+    func: Callable[Concatenate[Workflow, P], R] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    retries: int = 0,
+    backoff: float = 1.0,
+    retry_on: tuple[type[BaseException], ...] = (Exception,),
+    atomic: bool = False,
+) -> Any:
+    """Make a function a step: its result is saved, and a resumed workflow gets it back.
+
+    ``name``: the checkpoint key (default: the function's name). ``retries``: how many more times
+    to run the body after it raises one of ``retry_on``, waiting ``backoff`` seconds, then twice
+    that, and so on. ``atomic``: run the body and save its checkpoint in one database
+    transaction, so its ORM writes happen exactly once.
+    """
+
+    def decorate(func: Callable[Concatenate[Workflow, P], R]) -> StepFunction[P, R]:
+        return StepFunction(func, name or func.__name__, retries, backoff, retry_on, atomic)
+
+    return decorate if func is None else decorate(func)

@@ -1,0 +1,105 @@
+"""Errors raised by django-pgqrs.
+
+Every error says what happened and what to do about it. All derive from ``PgqrsError`` so callers
+can catch the library's errors without catching their own.
+"""
+
+from __future__ import annotations
+
+
+class PgqrsError(Exception):
+    """Base class of every error django-pgqrs raises."""
+
+
+class UnknownWorkflow(PgqrsError, LookupError):
+    """No ``@workflow`` function is registered under a name."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(
+            f"No workflow named {name!r} is registered. Define it with @workflow in a "
+            f"'workflows' module of an installed app (or pass @workflow(name={name!r})), "
+            f"so that it is registered when Django starts."
+        )
+
+
+class DuplicateWorkflowName(PgqrsError):
+    """Two different functions were registered under one workflow name."""
+
+
+class WorkflowNotFound(PgqrsError, LookupError):
+    """No workflow row has the given id."""
+
+    def __init__(self, workflow_id: object) -> None:
+        self.workflow_id = workflow_id
+        super().__init__(f"Workflow {workflow_id} does not exist.")
+
+
+class WorkflowMismatch(PgqrsError, ValueError):
+    """A workflow function was called with the context of a workflow of another name."""
+
+
+class InputMismatch(PgqrsError, ValueError):
+    """A workflow was called with arguments that differ from the input it was created with."""
+
+
+class WorkflowBusy(PgqrsError):
+    """Another process (or thread) holds the workflow's lease and is running it."""
+
+    def __init__(self, workflow_id: object, owner: str | None, expires: object) -> None:
+        self.workflow_id = workflow_id
+        self.owner = owner
+        super().__init__(
+            f"Workflow {workflow_id} is being run by {owner or 'another process'} "
+            f"(lease valid until {expires}). Wait for it to finish, or for the lease to expire "
+            f"if that process died; `manage.py pgqrs_resume {workflow_id} --force` takes it over "
+            f"now."
+        )
+
+
+class WorkflowCancelled(PgqrsError):
+    """The workflow was cancelled; it will not run again."""
+
+    def __init__(self, workflow_id: object) -> None:
+        self.workflow_id = workflow_id
+        super().__init__(f"Workflow {workflow_id} was cancelled; it will not run again.")
+
+
+class LeaseLost(PgqrsError):
+    """This process no longer owns the workflow it was running; it must stop.
+
+    Another process took the workflow over (its lease had expired, or it was forced). Nothing was
+    written by the step that noticed; the new owner carries the workflow on.
+    """
+
+    def __init__(self, workflow_id: object) -> None:
+        self.workflow_id = workflow_id
+        super().__init__(
+            f"This process lost its lease on workflow {workflow_id}: another process has taken it "
+            f"over, so this one stops without writing. Renew leases more often than "
+            f"PGQRS['LEASE_SECONDS'] (see PGQRS['HEARTBEAT_SECONDS']) if this was not intended."
+        )
+
+
+class PayloadError(PgqrsError, TypeError):
+    """A value (input, step result, workflow result) cannot be stored as JSON."""
+
+
+class NonDeterministicWorkflow(PgqrsError):
+    """A replay called saved steps in another order than the run that saved them."""
+
+    def __init__(self, workflow_id: object, position: int, saved: str, called: str) -> None:
+        self.workflow_id = workflow_id
+        self.position = position
+        self.saved = saved
+        self.called = called
+        super().__init__(
+            f"Workflow {workflow_id} is not deterministic: at step position {position} the saved "
+            f"run called {saved!r} but this run called {called!r}. A workflow must call its steps "
+            f"in the same order on every run; move code that varies (time, randomness, I/O) into "
+            f"steps, or finish old workflows before deploying a reordering."
+        )
+
+
+class StepOutsideWorkflow(PgqrsError, RuntimeError):
+    """A ``@step`` function was called without a running workflow's context."""

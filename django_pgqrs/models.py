@@ -1,0 +1,170 @@
+"""Workflows and their step checkpoints.
+
+The table and column names are part of the public contract (the guide's monitoring SQL runs on
+them verbatim), so they are spelled out rather than left to Django's defaults.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from django.db import models
+from django.db.models import Q
+
+from .codec import PayloadDecoder, PayloadEncoder
+
+if TYPE_CHECKING:
+    from .runtime import Run
+
+
+class WorkflowStatus(models.TextChoices):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SLEEPING = "SLEEPING"
+    SUCCESS = "SUCCESS"
+    ERROR = "ERROR"
+    CANCELLED = "CANCELLED"
+
+
+class StepStatus(models.TextChoices):
+    SUCCESS = "SUCCESS"
+    ERROR = "ERROR"
+
+
+def _payload(**kwargs: Any) -> models.JSONField[Any]:
+    return models.JSONField(encoder=PayloadEncoder, decoder=PayloadDecoder, **kwargs)
+
+
+class WorkflowQuerySet(models.QuerySet["Workflow"]):
+    def unfinished(self) -> WorkflowQuerySet:
+        """Workflows that have not reached SUCCESS, ERROR or CANCELLED."""
+        return self.filter(
+            status__in=[WorkflowStatus.PENDING, WorkflowStatus.RUNNING, WorkflowStatus.SLEEPING]
+        )
+
+    def owned(self) -> WorkflowQuerySet:
+        """Running workflows whose owner's lease has not expired (as of this process's clock)."""
+        from django.utils import timezone
+
+        return self.filter(status=WorkflowStatus.RUNNING, lease_expires_at__gt=timezone.now())
+
+
+class Workflow(models.Model):
+    """One execution of a ``@workflow`` function; also the context (``ctx``) its steps receive.
+
+    ``input`` holds the call's arguments as ``{"args": [...], "kwargs": {...}}``; ``result`` the
+    workflow's return value; ``error`` the type, message and traceback of its last failure.
+    """
+
+    id = models.BigAutoField(primary_key=True, db_column="workflow_id")
+    name = models.CharField(max_length=255)
+    status = models.CharField(
+        max_length=16, choices=WorkflowStatus.choices, default=WorkflowStatus.PENDING
+    )
+    input = _payload(null=True, blank=True)
+    result = _payload(null=True, blank=True)
+    error = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    # Ownership: the process running the workflow holds a lease it must renew.
+    lease_owner = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001 - no owner
+    lease_token = models.UUIDField(null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(
+        default=0, help_text="How many times a process has started or resumed this workflow."
+    )
+    recovery_attempts = models.PositiveIntegerField(
+        default=0, help_text="How many times it was taken over after its owner's lease expired."
+    )
+    # Scheduling, for workers.
+    queue = models.CharField(max_length=64, default="default")
+    priority = models.IntegerField(default=0)
+    run_at = models.DateTimeField(null=True, blank=True, help_text="Not started before this time.")
+    # NULL, not "", where unset: the unique constraint applies only where a key is set.
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
+    parent = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="children",
+        db_index=False,  # indexed below, only where set
+    )
+
+    objects = WorkflowQuerySet.as_manager()
+
+    # The engine's state while this process runs the workflow (see runtime.Run); not a column.
+    _run: Run | None = None
+
+    class Meta:
+        db_table = "pgqrs_workflows"
+        ordering = ["-id"]
+        indexes = [
+            models.Index(fields=["name", "created_at"], name="pgqrs_wf_name_idx"),
+            # Running and failed workflows, for the recovery query, the admin and monitoring.
+            # Partial, and on columns a checkpoint does not change: checkpoints stay HOT updates
+            # and finished workflows (most rows) cost this index nothing.
+            models.Index(
+                fields=["status", "id"],
+                name="pgqrs_wf_active_idx",
+                condition=Q(status__in=["RUNNING", "SLEEPING", "ERROR"]),
+            ),
+            # The worker's claim query: due workflows by queue, priority, age.
+            models.Index(
+                fields=["queue", "-priority", "run_at", "id"],
+                name="pgqrs_wf_ready_idx",
+                condition=Q(status__in=["PENDING", "SLEEPING"]),
+            ),
+            models.Index(
+                fields=["parent"], name="pgqrs_wf_parent_idx", condition=Q(parent__isnull=False)
+            ),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["idempotency_key"],
+                name="pgqrs_wf_idempotency_key_uniq",
+                condition=Q(idempotency_key__isnull=False),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} #{self.id} ({self.status})"
+
+
+class WorkflowStep(models.Model):
+    """The checkpoint of one step call: its saved output, or its last error.
+
+    ``step_id`` is the step's name; the Nth call of the same step in one workflow is saved as
+    ``name#N``. Keys are names, not positions, so adding a step to a workflow's code does not
+    shift the saved checkpoints of workflows already under way.
+    """
+
+    workflow = models.ForeignKey(
+        Workflow,
+        on_delete=models.CASCADE,
+        related_name="steps",
+        db_column="workflow_id",
+        # The unique (workflow, step_id) index serves lookups by workflow; a second one would
+        # only slow every checkpoint down.
+        db_index=False,
+    )
+    step_id = models.CharField(max_length=255)
+    position = models.PositiveIntegerField(help_text="Call order within the workflow.")
+    status = models.CharField(max_length=16, choices=StepStatus.choices)
+    output = _payload(null=True, blank=True)
+    error = models.JSONField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=1)
+    started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "pgqrs_workflow_steps"
+        ordering = ["workflow", "position"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["workflow", "step_id"], name="pgqrs_step_workflow_step_id_uniq"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.step_id} ({self.status})"

@@ -1,0 +1,54 @@
+"""Workflow functions by name, so a saved workflow can be resumed by any process.
+
+Filled when Django starts: ``AppConfig.ready()`` imports the ``workflows`` module of every
+installed app (as the admin does with ``admin.py``), and each ``@workflow`` registers itself.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .exceptions import DuplicateWorkflowName, UnknownWorkflow
+
+if TYPE_CHECKING:
+    from .decorators import WorkflowFunction
+
+_workflows: dict[str, WorkflowFunction[..., Any]] = {}
+
+
+def register(definition: WorkflowFunction[..., Any]) -> None:
+    """Register a workflow function under its name.
+
+    Raise ``DuplicateWorkflowName`` if another function already holds the name. Registering the
+    same function again (a module imported twice) replaces the entry.
+    """
+    existing = _workflows.get(definition.name)
+    if existing is not None and _origin(existing) != _origin(definition):
+        raise DuplicateWorkflowName(
+            f"Two workflows are named {definition.name!r}: {_origin(existing)} and "
+            f"{_origin(definition)}. Give one of them another name with @workflow(name=...)."
+        )
+    _workflows[definition.name] = definition
+
+
+def unregister(name: str) -> None:
+    """Forget a workflow name (for tests that define workflows on the fly)."""
+    _workflows.pop(name, None)
+
+
+def get_workflow(name: str) -> WorkflowFunction[..., Any]:
+    """Return the workflow function registered under ``name``; raise ``UnknownWorkflow``."""
+    try:
+        return _workflows[name]
+    except KeyError:
+        raise UnknownWorkflow(name) from None
+
+
+def workflow_names() -> list[str]:
+    """Return the registered workflow names, sorted."""
+    return sorted(_workflows)
+
+
+def _origin(definition: WorkflowFunction[..., Any]) -> str:
+    func = definition.func
+    return f"{func.__module__}.{func.__qualname__}"

@@ -1,0 +1,54 @@
+# Sourced by scripts/demo and scripts/test: virtual environments built from this repository's
+# own files, and a PostgreSQL server to test against.
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+# find_python 3.12: print the path of a working python3.12 (PATH, then pyenv's), or nothing.
+find_python() {
+  local version="$1" candidate
+  local candidates=("$(command -v "python$version" 2>/dev/null || true)")
+  if command -v pyenv >/dev/null 2>&1; then
+    candidates+=($(ls -d "$(pyenv root)"/versions/"$version".*/bin/"python$version" 2>/dev/null | sort -rV))
+  fi
+  for candidate in "${candidates[@]}"; do
+    # A pyenv shim is on PATH even where that version is not selected: check that it runs.
+    if [ -n "$candidate" ] && "$candidate" -c "import sys; assert sys.version.startswith('$version')" 2>/dev/null; then
+      echo "$candidate"
+      return 0
+    fi
+  done
+}
+
+# venv NAME PYTHON PIP-ARGS...: create .venv/NAME with PYTHON and install PIP-ARGS into it, once
+# per change of pyproject.toml or of the arguments. Prints the venv's python.
+venv() {
+  local name="$1" python="$2"
+  shift 2
+  local dir="$ROOT/.venv/$name"
+  local stamp
+  stamp="$(cat "$ROOT/pyproject.toml" <(echo "$*") | sha256sum | cut -c1-16)"
+  if [ ! -f "$dir/.stamp-$stamp" ]; then
+    rm -rf "$dir"
+    "$python" -m venv "$dir" >&2
+    "$dir/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >&2
+    "$dir/bin/python" -m pip install --quiet --disable-pip-version-check "$@" >&2
+    touch "$dir/.stamp-$stamp"
+  fi
+  echo "$dir/bin/python"
+}
+
+# Start the local PostgreSQL cluster if it is installed and not answering.
+ensure_postgres() {
+  local host="${PGHOST:-127.0.0.1}" port="${PGPORT:-5432}"
+  if pg_isready -q -h "$host" -p "$port" 2>/dev/null; then return 0; fi
+  if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
+    echo "PostgreSQL is not answering on $host:$port; starting it." >&2
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -n 1)" main start >&2 || true
+    for _ in $(seq 1 30); do
+      pg_isready -q -h "$host" -p "$port" 2>/dev/null && return 0
+      sleep 1
+    done
+  fi
+  echo "PostgreSQL is not reachable on $host:$port (set PGHOST/PGPORT/PGUSER)." >&2
+  return 1
+}

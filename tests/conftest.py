@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import os
+import selectors
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from django.db import connection
+
+from tests import workflows
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _reset_test_workflows() -> Iterator[None]:
+    workflows.runs.clear()
+    workflows.failures.clear()
+    yield
+    workflows.failures.clear()
+
+
+@pytest.fixture
+def postgres_only() -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL only")
+
+
+class Processes:
+    """Starts manage.py commands in new processes that use the test database."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.trace = tmp_path / "trace.txt"
+        self.hold = tmp_path / "hold"
+        self.started: list[subprocess.Popen[str]] = []
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            DJANGO_SETTINGS_MODULE="tests.settings",
+            PGQRS_TEST_DB_NAME=str(connection.settings_dict["NAME"]),
+            PGQRS_TEST_TRACE=str(self.trace),
+            PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "testproject")]),
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(extra)
+        return env
+
+    def start(self, *args: str, **env: str) -> subprocess.Popen[str]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "django", *args],
+            cwd=ROOT,
+            env=self.env(**env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.started.append(process)
+        return process
+
+    def run(self, *args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "django", *args],
+            cwd=ROOT,
+            env=self.env(**env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def traced(self) -> list[str]:
+        return self.trace.read_text().split() if self.trace.exists() else []
+
+    def wait_for_line(self, process: subprocess.Popen[str], text: str, timeout: float = 30) -> str:
+        """Read the process's output until a line containing ``text``; return that line."""
+        assert process.stdout is not None
+        deadline = time.monotonic() + timeout
+        selector = selectors.DefaultSelector()
+        selector.register(process.stdout, selectors.EVENT_READ)
+        seen = []
+        while time.monotonic() < deadline:
+            if selector.select(timeout=0.1):
+                line = process.stdout.readline()
+                if not line and process.poll() is not None:
+                    break
+                seen.append(line)
+                if text in line:
+                    return line
+        stderr = process.stderr.read() if process.poll() is not None and process.stderr else ""
+        raise AssertionError(f"no line with {text!r} in {seen!r}; stderr: {stderr}")
+
+    def stop_all(self) -> None:
+        for process in self.started:
+            if process.poll() is None:
+                process.kill()
+            process.wait(timeout=10)
+            for stream in (process.stdout, process.stderr):
+                if stream:
+                    stream.close()
+
+
+@pytest.fixture
+def processes(tmp_path: Path, transactional_db: None) -> Iterator[Processes]:
+    helper = Processes(tmp_path)
+    yield helper
+    helper.stop_all()

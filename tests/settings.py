@@ -1,0 +1,78 @@
+"""Test settings: real PostgreSQL by default, SQLite with PGQRS_TEST_DB=sqlite.
+
+Processes started by tests (workers, crash tests) get the name of the test database in
+PGQRS_TEST_DB_NAME, and use it as it is.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+
+SECRET_KEY = "tests"
+USE_TZ = True
+TIME_ZONE = "UTC"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django_pgqrs",
+    "demo",
+    "tests",
+]
+
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+ROOT_URLCONF = "testproject.urls"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+DB = os.environ.get("PGQRS_TEST_DB", "postgres")
+CHILD_DB_NAME = os.environ.get("PGQRS_TEST_DB_NAME")
+
+if DB == "sqlite":
+    test_file = str(Path(tempfile.gettempdir()) / f"pgqrs-test-{os.getpid()}.sqlite3")
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": CHILD_DB_NAME or test_file,
+            "TEST": {"NAME": test_file},
+            "OPTIONS": {"timeout": 30, "transaction_mode": "IMMEDIATE"},
+        }
+    }
+elif DB == "postgres":
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "HOST": os.environ.get("PGHOST", "127.0.0.1"),
+            "PORT": os.environ.get("PGPORT", "5432"),
+            "USER": os.environ.get("PGUSER", "postgres"),
+            "PASSWORD": os.environ.get("PGPASSWORD", ""),
+            "NAME": CHILD_DB_NAME or "pgqrs",
+        }
+    }
+else:
+    raise ValueError(f"PGQRS_TEST_DB must be postgres or sqlite, not {DB!r}")
+
+PGQRS = {
+    "LEASE_SECONDS": 30,
+    "HEARTBEAT_SECONDS": 10,
+}
