@@ -1,7 +1,7 @@
 """Test settings: real PostgreSQL by default, SQLite with PGQRS_TEST_DB=sqlite.
 
 Processes started by tests (workers, crash tests) get the name of the test database in
-PGQRS_TEST_DB_NAME, and use it as it is.
+PGQRS_TEST_DB_NAME, and use it as it is. PGQRS_TEST_LEASE_SECONDS shortens their leases.
 """
 
 import os
@@ -66,13 +66,14 @@ elif DB == "postgres":
             "PORT": os.environ.get("PGPORT", "5432"),
             "USER": os.environ.get("PGUSER", "postgres"),
             "PASSWORD": os.environ.get("PGPASSWORD", ""),
-            "NAME": CHILD_DB_NAME or "pgqrs",
+            # pytest-django tests in "test_" + NAME; PGQRS_TEST_NAME keeps concurrent runs apart.
+            "NAME": CHILD_DB_NAME or os.environ.get("PGQRS_TEST_NAME", "pgqrs"),
         }
     }
 else:
     raise ValueError(f"PGQRS_TEST_DB must be postgres or sqlite, not {DB!r}")
 
 PGQRS = {
-    "LEASE_SECONDS": 30,
-    "HEARTBEAT_SECONDS": 10,
+    "LEASE_SECONDS": float(os.environ.get("PGQRS_TEST_LEASE_SECONDS", 30)),
+    "HEARTBEAT_SECONDS": float(os.environ.get("PGQRS_TEST_HEARTBEAT_SECONDS", 10)),
 }
