@@ -22,15 +22,19 @@ if TYPE_CHECKING:
         PayloadError,
         PgqrsError,
         StepOutsideWorkflow,
+        StorageError,
         UnknownWorkflow,
         WorkflowBusy,
         WorkflowCancelled,
+        WorkflowFailed,
         WorkflowMismatch,
         WorkflowNotFound,
+        WorkflowTimeout,
     )
+    from .handles import WorkflowHandle
     from .models import StepStatus, Workflow, WorkflowStatus, WorkflowStep
     from .registry import get_workflow
-    from .runtime import create_workflow, resume
+    from .runtime import create_workflow, resume, start_workflow
 
 __all__ = [
     "DuplicateWorkflowName",
@@ -42,18 +46,23 @@ __all__ = [
     "StepFunction",
     "StepOutsideWorkflow",
     "StepStatus",
+    "StorageError",
     "UnknownWorkflow",
     "Workflow",
     "WorkflowBusy",
     "WorkflowCancelled",
+    "WorkflowFailed",
     "WorkflowFunction",
+    "WorkflowHandle",
     "WorkflowMismatch",
     "WorkflowNotFound",
     "WorkflowStatus",
     "WorkflowStep",
+    "WorkflowTimeout",
     "create_workflow",
     "get_workflow",
     "resume",
+    "start_workflow",
     "step",
     "workflow",
 ]
@@ -68,15 +77,19 @@ _HOMES = {
         "PayloadError",
         "PgqrsError",
         "StepOutsideWorkflow",
+        "StorageError",
         "UnknownWorkflow",
         "WorkflowBusy",
         "WorkflowCancelled",
+        "WorkflowFailed",
         "WorkflowMismatch",
         "WorkflowNotFound",
+        "WorkflowTimeout",
     ],
+    "handles": ["WorkflowHandle"],
     "models": ["StepStatus", "Workflow", "WorkflowStatus", "WorkflowStep"],
     "registry": ["get_workflow"],
-    "runtime": ["create_workflow", "resume"],
+    "runtime": ["create_workflow", "resume", "start_workflow"],
 }
 _HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
 

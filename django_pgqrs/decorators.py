@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import datetime
 import functools
 import inspect
 from collections.abc import Callable
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
 from . import registry, runtime
+from .handles import WorkflowHandle
 from .models import Workflow
 
 P = ParamSpec("P")
@@ -47,6 +49,30 @@ class WorkflowFunction(Generic[P, R]):
     def create(self, *args: P.args, **kwargs: P.kwargs) -> Workflow:
         """Save a PENDING workflow of this function; call the function with it to run it."""
         return runtime.create_workflow(self.name, *args, **kwargs)
+
+    def start(
+        self,
+        *args: Any,
+        idempotency_key: str | None = None,
+        queue: str = "default",
+        priority: int = 0,
+        run_at: datetime.datetime | datetime.timedelta | None = None,
+        **kwargs: Any,
+    ) -> WorkflowHandle:
+        """Save a workflow for a worker to run; see ``django_pgqrs.start_workflow``.
+
+        ``idempotency_key``, ``queue``, ``priority`` and ``run_at`` are options of the start,
+        not arguments of the workflow.
+        """
+        return runtime.start_workflow(
+            self.name,
+            *args,
+            idempotency_key=idempotency_key,
+            queue=queue,
+            priority=priority,
+            run_at=run_at,
+            **kwargs,
+        )
 
     def __repr__(self) -> str:
         return f"<workflow {self.name}>"

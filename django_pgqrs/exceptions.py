@@ -81,6 +81,45 @@ class LeaseLost(PgqrsError):
         )
 
 
+class StorageError(PgqrsError):
+    """The workflow tables could not be read or written: the database is unreachable.
+
+    The workflow is not marked as failed: it stays with its last checkpoint and is run again
+    (by a worker once its lease expires, or by calling it again) when the database is back.
+    """
+
+    def __init__(self, alias: str, cause: BaseException) -> None:
+        self.alias = alias
+        super().__init__(
+            f"django-pgqrs could not reach database {alias!r} ({cause}). The workflow keeps its "
+            f"last checkpoint and runs again when the database is back."
+        )
+
+
+class WorkflowFailed(PgqrsError):
+    """A workflow waited on through its handle ended in ERROR."""
+
+    def __init__(self, workflow_id: object, error: dict[str, object] | None) -> None:
+        self.workflow_id = workflow_id
+        self.error = error or {}
+        super().__init__(
+            f"Workflow {workflow_id} failed: {self.error.get('type', 'error')}: "
+            f"{self.error.get('message', '')}"
+        )
+
+
+class WorkflowTimeout(PgqrsError, TimeoutError):
+    """A workflow waited on through its handle did not finish in time."""
+
+    def __init__(self, workflow_id: object, status: str, timeout: float) -> None:
+        self.workflow_id = workflow_id
+        self.status = status
+        super().__init__(
+            f"Workflow {workflow_id} did not finish within {timeout} seconds (it is {status}). "
+            f"Is a worker running (`manage.py pgqrs_worker`) for its queue?"
+        )
+
+
 class PayloadError(PgqrsError, TypeError):
     """A value (input, step result, workflow result) cannot be stored as JSON."""
 

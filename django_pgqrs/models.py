@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 from .codec import PayloadDecoder, PayloadEncoder
 
@@ -44,8 +45,6 @@ class WorkflowQuerySet(models.QuerySet["Workflow"]):
 
     def owned(self) -> WorkflowQuerySet:
         """Running workflows whose owner's lease has not expired (as of this process's clock)."""
-        from django.utils import timezone
-
         return self.filter(status=WorkflowStatus.RUNNING, lease_expires_at__gt=timezone.now())
 
 
@@ -79,7 +78,7 @@ class Workflow(models.Model):
     # Scheduling, for workers.
     queue = models.CharField(max_length=64, default="default")
     priority = models.IntegerField(default=0)
-    run_at = models.DateTimeField(null=True, blank=True, help_text="Not started before this time.")
+    run_at = models.DateTimeField(default=timezone.now, help_text="Not started before this time.")
     # NULL, not "", where unset: the unique constraint applies only where a key is set.
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
     parent = models.ForeignKey(

@@ -11,6 +11,7 @@ The engine knows nothing of workers or the admin; they call ``run_workflow`` and
 
 from __future__ import annotations
 
+import datetime
 import inspect
 import json
 import logging
@@ -31,14 +32,17 @@ from .exceptions import (
     NonDeterministicWorkflow,
     PayloadError,
     StepOutsideWorkflow,
+    StorageError,
+    UnknownWorkflow,
     WorkflowBusy,
     WorkflowCancelled,
     WorkflowMismatch,
     WorkflowNotFound,
 )
+from .handles import WorkflowHandle
 from .lease import Lease, heartbeat, process_owner
 from .models import StepStatus, Workflow, WorkflowStatus
-from .store import Store, store_for
+from .store import Claimed, Store, store_for
 
 if TYPE_CHECKING:
     from .decorators import StepFunction, WorkflowFunction
@@ -189,9 +193,9 @@ def create_workflow(name: str, *args: Any, **kwargs: Any) -> Workflow:
     text = encode_input(name, args, kwargs)
     store = store_for(_alias())
     lease = conf.LEASE_SECONDS
-    workflow_id, created_at, run_at = store.insert(
-        name=name, input_text=text, lease=lease, delay=lease
-    )
+    inserted = store.insert(name=name, input_text=text, lease=lease, delay=lease)
+    assert inserted is not None  # no idempotency key, no conflict
+    workflow_id, created_at, run_at = inserted
     workflow = Workflow(
         id=workflow_id,
         name=name,
@@ -258,13 +262,15 @@ def start_and_run(
     text = encode_input(definition.name, args, kwargs)
     store = store_for(_alias())
     lease = Lease(store.alias, 0)
-    workflow_id, created_at, run_at = store.insert(
+    inserted = store.insert(
         name=definition.name,
         input_text=text,
         lease=conf.LEASE_SECONDS,
         owner=process_owner(),
         token=lease.token,
     )
+    assert inserted is not None  # no idempotency key, no conflict
+    workflow_id, created_at, run_at = inserted
     lease.workflow_id = workflow_id
     call = codec.loads(text)
     workflow = Workflow(
@@ -280,6 +286,87 @@ def start_and_run(
     workflow._state.adding = False
     workflow._state.db = store.alias
     return _execute(definition, Run(workflow, store, lease, {}), call["args"], call["kwargs"])
+
+
+def start_workflow(
+    name: str,
+    *args: Any,
+    idempotency_key: str | None = None,
+    queue: str = "default",
+    priority: int = 0,
+    run_at: datetime.datetime | datetime.timedelta | None = None,
+    **kwargs: Any,
+) -> WorkflowHandle:
+    """Save a PENDING workflow for a worker to run, and return a handle on it.
+
+    Inside ``transaction.atomic()`` the workflow is saved (and workers hear of it) only if the
+    transaction commits. A repeated ``idempotency_key`` returns the handle of the workflow saved
+    with it, saving nothing. Higher ``priority`` runs first; ``run_at`` (a datetime, or a delay
+    as a timedelta) defers the start. Raise ``UnknownWorkflow``, ``TypeError`` for arguments that
+    do not fit, ``WorkflowMismatch`` if the key belongs to a workflow of another name.
+    """
+    definition = registry.get_workflow(name)
+    _arguments(definition, args, kwargs)
+    if not isinstance(queue, str) or not 0 < len(queue) <= 64:
+        raise ValueError(f"queue must be a name of 1 to 64 characters, not {queue!r}.")
+    if isinstance(run_at, datetime.timedelta):
+        delay = run_at.total_seconds()
+    elif isinstance(run_at, datetime.datetime):
+        if timezone.is_naive(run_at):
+            raise ValueError("run_at must be an aware datetime (see django.utils.timezone).")
+        delay = (run_at - timezone.now()).total_seconds()
+    else:
+        delay = 0.0
+    text = encode_input(name, args, kwargs)
+    store = store_for(_alias())
+    inserted = store.insert(
+        name=name,
+        input_text=text,
+        lease=conf.LEASE_SECONDS,
+        delay=delay,
+        queue=queue,
+        priority=priority,
+        idempotency_key=idempotency_key,
+        notify=delay <= 0,
+    )
+    if inserted is not None:
+        return WorkflowHandle(inserted[0], store.alias)
+    existing = Workflow.objects.using(store.alias).get(idempotency_key=idempotency_key)
+    if existing.name != name:
+        raise WorkflowMismatch(
+            f"The idempotency key {idempotency_key!r} belongs to workflow {existing.id}, a "
+            f"{existing.name!r} workflow, not {name!r}."
+        )
+    return WorkflowHandle(existing.id, store.alias)
+
+
+def run_claimed(claimed: Claimed, store: Store, lease: Lease) -> Any:
+    """Run a workflow a worker has claimed (``store.claim_next``) to its end; return its result.
+
+    Raise ``UnknownWorkflow`` (the workflow is released, not run) if its name is not registered
+    here, and what the workflow raises.
+    """
+    try:
+        definition = registry.get_workflow(claimed.name)
+    except UnknownWorkflow as exc:
+        store.release(claimed.workflow_id, lease.token, delay=60, error=_error_text(exc))
+        raise
+    workflow = Workflow(
+        id=claimed.workflow_id,
+        name=claimed.name,
+        status=WorkflowStatus.RUNNING,
+        attempts=claimed.attempts,
+        recovery_attempts=claimed.recovery_attempts,
+    )
+    workflow._state.adding = False
+    workflow._state.db = store.alias
+    try:
+        workflow.input = codec.loads(claimed.input_text)
+    except PayloadError as exc:
+        store.end(workflow.id, lease.token, WorkflowStatus.ERROR, error=_error_text(exc))
+        raise
+    args, kwargs = _saved_call(workflow)
+    return _execute(definition, Run(workflow, store, lease, claimed.steps), args, kwargs)
 
 
 def resume(workflow_id: int, *, force: bool = False) -> Any:
@@ -327,7 +414,8 @@ def _execute(
             text = codec.dump(
                 value, f"result of workflow {definition.name!r}", conf.MAX_PAYLOAD_BYTES
             )
-        except LeaseLost:
+        except (LeaseLost, StorageError):
+            # Not the workflow's failure: it keeps its last checkpoint for the next owner.
             raise
         except Exception as exc:
             step = run.failed_step[1] if run.failed_step and run.failed_step[0] is exc else None
@@ -411,7 +499,7 @@ def call_step(
                 text = _run_body(definition, ctx, args, kwargs, step_id)
         except _NotWritten:
             return _adopt(run, step_id)
-        except LeaseLost:
+        except (LeaseLost, StorageError):
             raise
         except Exception as exc:
             run.in_step = False

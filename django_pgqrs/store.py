@@ -1,4 +1,4 @@
-"""The engine's statements on the workflow tables: create, claim, checkpoint, finish.
+"""The engine's statements on the workflow tables: create, claim, checkpoint, finish, recover.
 
 These run on every workflow and step, so they are raw SQL, one statement each, for three reasons:
 
@@ -14,13 +14,15 @@ PostgreSQL reads the clock (``now()``) so that leases of processes on many machi
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import connections
+from django.db import InterfaceError, OperationalError, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.utils import CursorWrapper
 from django.utils import timezone
@@ -28,7 +30,11 @@ from django.utils.dateparse import parse_datetime
 
 from .codec import loads
 from .conf import conf
+from .exceptions import StorageError
 from .models import WorkflowStatus
+
+# Workers LISTEN on this channel; a commit that makes a workflow due NOTIFYs it with the queue.
+CHANNEL = "django_pgqrs"
 
 # What differs between the two dialects: the clock, and the casts PostgreSQL needs to know the
 # type of a parameter that may be NULL (statements are prepared, so parameters are typed).
@@ -53,6 +59,8 @@ _DIALECT = {
     },
 }
 
+# A workflow is inserted RUNNING under the caller's lease (run it now, here) or PENDING (for
+# a worker, or for the caller to run later). A repeated idempotency key inserts nothing.
 _INSERT = """
 INSERT INTO pgqrs_workflows
     (name, status, input, created_at, updated_at, lease_owner, lease_token, lease_expires_at,
@@ -62,8 +70,18 @@ VALUES
      CASE WHEN %(token)s{uuid} IS NULL THEN NULL ELSE {until} END,
      CASE WHEN %(token)s{uuid} IS NULL THEN 0 ELSE 1 END, 0, %(queue)s, %(priority)s, {run_at},
      %(idempotency_key)s{text}, %(parent_id)s)
+ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING workflow_id, created_at, run_at
 """
+
+# NOTIFY is transactional: workers hear of the workflow when (if) the caller's transaction
+# commits, never before its row is visible.
+_NOTIFYING = """
+WITH inserted AS ({statement})
+SELECT inserted.*, pg_notify('{channel}', %(queue)s) FROM inserted
+"""
+
+_CLAIMED_COLUMNS = "workflow_id, name, input, attempts, recovery_attempts"
 
 # Take the workflow if nobody holds a live lease on it. A workflow whose lease expired while
 # RUNNING is a recovery: its owner died (or hung) and this process takes it over.
@@ -79,13 +97,45 @@ WHERE workflow_id = %(id)s AND name = %(name)s AND (
     OR (status IN ('RUNNING', 'SLEEPING') AND (
         lease_expires_at IS NULL OR lease_expires_at < {now}
         OR lease_owner = %(owner)s{text} OR %(force)s{bool})))
-RETURNING workflow_id, input, attempts, recovery_attempts
+RETURNING {columns}
 """
 
+# A worker takes the most urgent due workflow of its queues. SKIP LOCKED: workers never wait for
+# each other, and never take the same row.
+_CLAIM_NEXT = {
+    "postgresql": """
+WITH next AS (
+    SELECT workflow_id FROM pgqrs_workflows
+    WHERE status IN ('PENDING', 'SLEEPING') AND queue = ANY(%(queues)s::text[])
+        AND run_at <= now()
+    ORDER BY priority DESC, run_at, workflow_id
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED)
+UPDATE pgqrs_workflows w SET
+    status = 'RUNNING', lease_owner = %(owner)s::text, lease_token = %(token)s::uuid,
+    lease_expires_at = {until}, updated_at = now(), attempts = w.attempts + 1
+FROM next WHERE w.workflow_id = next.workflow_id
+RETURNING w.workflow_id, w.name, w.input, w.attempts, w.recovery_attempts
+""",
+    "sqlite": """
+UPDATE pgqrs_workflows SET
+    status = 'RUNNING', lease_owner = %(owner)s, lease_token = %(token)s,
+    lease_expires_at = {until}, updated_at = {now}, attempts = attempts + 1
+WHERE workflow_id = (
+    SELECT workflow_id FROM pgqrs_workflows
+    WHERE status IN ('PENDING', 'SLEEPING') AND queue IN (SELECT value FROM json_each(%(queues)s))
+        AND run_at <= {now}
+    ORDER BY priority DESC, run_at, workflow_id
+    LIMIT 1)
+RETURNING workflow_id, name, input, attempts, recovery_attempts
+""",
+}
+
 # PostgreSQL returns the saved checkpoints with the claim, so no step needs a SELECT.
-_CLAIM_WITH_STEPS = """
+_WITH_STEPS = """
 WITH claimed AS ({claim})
-SELECT claimed.workflow_id, claimed.input::text, claimed.attempts, claimed.recovery_attempts,
+SELECT claimed.workflow_id, claimed.name, claimed.input::text, claimed.attempts,
+    claimed.recovery_attempts,
     (SELECT json_agg(json_build_array(s.step_id, s.position, s.status, s.output, s.attempts)
                      ORDER BY s.position)::text
      FROM pgqrs_workflow_steps s WHERE s.workflow_id = claimed.workflow_id)
@@ -140,14 +190,36 @@ UPDATE pgqrs_workflows SET
     status = %(status)s, result = %(result)s{json}, error = %(error)s{json}, updated_at = {now},
     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
 WHERE workflow_id = %(id)s AND lease_token = %(token)s{uuid}
+RETURNING queue
 """
 
-# Giving the workflow back unfinished (the process is stopping): anyone may take it at once.
+# Giving the workflow back unfinished (the process is stopping, or cannot run it): anyone may
+# take it once it is due again.
 _RELEASE = """
 UPDATE pgqrs_workflows SET
-    status = 'PENDING', updated_at = {now}, run_at = {now},
+    status = 'PENDING', updated_at = {now}, run_at = {run_at},
+    error = COALESCE(%(error)s{json}, error),
     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
 WHERE workflow_id = %(id)s AND lease_token = %(token)s{uuid}
+RETURNING queue
+"""
+
+# Recovery: workflows whose owner stopped renewing its lease go back to PENDING for any worker,
+# or to ERROR once they have been taken over MAX_RECOVERY_ATTEMPTS times (a workflow that kills
+# every process that runs it must not take the whole fleet down, one worker after another).
+_REAP = """
+UPDATE pgqrs_workflows SET
+    status = CASE WHEN recovery_attempts >= %(max)s THEN 'ERROR' ELSE 'PENDING' END,
+    error = CASE WHEN recovery_attempts >= %(max)s THEN %(poison)s{json} ELSE error END,
+    recovery_attempts = CASE WHEN recovery_attempts >= %(max)s
+                             THEN recovery_attempts ELSE recovery_attempts + 1 END,
+    run_at = {now}, updated_at = {now},
+    lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+WHERE workflow_id IN (
+    SELECT workflow_id FROM pgqrs_workflows
+    WHERE status IN ('RUNNING', 'SLEEPING') AND lease_expires_at < {now}
+    ORDER BY workflow_id LIMIT 100 {skip_locked})
+RETURNING workflow_id, name, status, queue, lease_owner
 """
 
 _RENEW = {
@@ -167,7 +239,6 @@ WHERE workflow_id || ':' || lease_token IN (SELECT value FROM json_each(%(pairs)
 """,
 }
 
-
 try:
     import psycopg
 
@@ -184,14 +255,25 @@ except ImportError:  # SQLite only: psycopg is not needed.
 
 @dataclass(frozen=True)
 class Claimed:
-    """What a successful claim returns: the saved input and the saved checkpoints."""
+    """What a claim returns: the workflow's name, saved input and saved checkpoints."""
 
     workflow_id: int
+    name: str
     input_text: str | None
     attempts: int
     recovery_attempts: int
     # step_id -> (position, status, decoded output, attempts)
     steps: dict[str, tuple[int, str, Any, int]]
+
+
+@dataclass(frozen=True)
+class Reaped:
+    """A workflow that recovery took back from an owner whose lease expired."""
+
+    workflow_id: int
+    name: str
+    status: str
+    owner: str | None
 
 
 class Store:
@@ -205,16 +287,22 @@ class Store:
                 f"django-pgqrs supports PostgreSQL and SQLite, not {self.vendor} "
                 f"(database {alias!r})."
             )
-        clock = _DIALECT[self.vendor]
-        self.sql_insert = _INSERT.format(**clock)
-        claim = _CLAIM.format(**clock)
-        self.sql_claim = (
-            _CLAIM_WITH_STEPS.format(claim=claim) if self.vendor == "postgresql" else claim
+        postgres = self.vendor == "postgresql"
+        words = dict(_DIALECT[self.vendor], columns=_CLAIMED_COLUMNS)
+        insert = _INSERT.format(**words)
+        self.sql_insert = insert
+        self.sql_enqueue = (
+            _NOTIFYING.format(statement=insert, channel=CHANNEL) if postgres else insert
         )
-        self.sql_checkpoint = _CHECKPOINT[self.vendor].format(**clock)
-        self.sql_end = _END.format(**clock)
-        self.sql_release = _RELEASE.format(**clock)
-        self.sql_renew = _RENEW[self.vendor].format(**clock)
+        claim = _CLAIM.format(**words)
+        claim_next = _CLAIM_NEXT[self.vendor].format(**words)
+        self.sql_claim = _WITH_STEPS.format(claim=claim) if postgres else claim
+        self.sql_claim_next = _WITH_STEPS.format(claim=claim_next) if postgres else claim_next
+        self.sql_checkpoint = _CHECKPOINT[self.vendor].format(**words)
+        self.sql_end = _END.format(**words)
+        self.sql_release = _RELEASE.format(**words)
+        self.sql_reap = _REAP.format(**words, skip_locked="FOR UPDATE SKIP LOCKED" * postgres)
+        self.sql_renew = _RENEW[self.vendor].format(**words)
 
     @property
     def connection(self) -> BaseDatabaseWrapper:
@@ -239,6 +327,21 @@ class Store:
             return connection.make_debug_cursor(raw)
         return connection.make_cursor(raw)
 
+    @contextlib.contextmanager
+    def _executing(self) -> Iterator[CursorWrapper]:
+        """A cursor for one write; connection failures become ``StorageError``.
+
+        On SQLite the write runs in a transaction of its own, so that it starts with the write
+        lock when the database is configured with ``"transaction_mode": "IMMEDIATE"``.
+        """
+        try:
+            with contextlib.ExitStack() as stack:
+                if self.vendor == "sqlite":
+                    stack.enter_context(transaction.atomic(using=self.alias))
+                yield stack.enter_context(self.cursor())
+        except (OperationalError, InterfaceError) as exc:
+            raise StorageError(self.alias, exc) from exc
+
     def _params(self, lease: float, **params: Any) -> dict[str, Any]:
         """Add the clock parameters: the lease length, and on SQLite the times themselves."""
         params["lease"] = lease
@@ -250,11 +353,19 @@ class Store:
             params["run_at"] = adapt(now + datetime.timedelta(seconds=params.get("delay") or 0))
         return params
 
-    def token_param(self, token: uuid.UUID | None) -> Any:
+    def _token(self, token: uuid.UUID | None) -> Any:
         # SQLite keeps Django's UUIDField as 32 hex digits.
         if token is None or self.vendor == "postgresql":
             return token
         return token.hex
+
+    def _datetime(self, value: Any) -> datetime.datetime:
+        # SQLite hands timestamps back as text from raw SQL; the ORM would convert them.
+        if isinstance(value, str):
+            parsed = parse_datetime(value)
+            assert parsed is not None
+            return parsed.replace(tzinfo=datetime.UTC) if timezone.is_naive(parsed) else parsed
+        return value  # type: ignore[no-any-return]
 
     def insert(
         self,
@@ -269,8 +380,13 @@ class Store:
         priority: int = 0,
         idempotency_key: str | None = None,
         parent_id: int | None = None,
-    ) -> tuple[int, datetime.datetime, datetime.datetime]:
-        """Insert a workflow, RUNNING under the given lease if ``token`` is set, else PENDING."""
+        notify: bool = False,
+    ) -> tuple[int, datetime.datetime, datetime.datetime] | None:
+        """Insert a workflow: RUNNING under the given lease if ``token`` is set, else PENDING.
+
+        Return its id, creation time and due time; None if ``idempotency_key`` is taken.
+        ``notify`` wakes the workers of ``queue`` when the caller's transaction commits.
+        """
         status = WorkflowStatus.PENDING if token is None else WorkflowStatus.RUNNING
         params = self._params(
             lease,
@@ -278,49 +394,49 @@ class Store:
             status=str(status),
             input=input_text,
             owner=owner,
-            token=self.token_param(token),
+            token=self._token(token),
             delay=delay,
             queue=queue,
             priority=priority,
             idempotency_key=idempotency_key,
             parent_id=parent_id,
         )
-        with self.cursor() as cursor:
-            cursor.execute(self.sql_insert, params)
-            workflow_id, created_at, run_at = cursor.fetchone()
-        return workflow_id, self._datetime(created_at), self._datetime(run_at)
-
-    def _datetime(self, value: Any) -> datetime.datetime:
-        # SQLite hands timestamps back as text from raw SQL; the ORM would convert them.
-        if isinstance(value, str):
-            parsed = parse_datetime(value)
-            assert parsed is not None
-            return parsed.replace(tzinfo=datetime.UTC) if timezone.is_naive(parsed) else parsed
-        return value  # type: ignore[no-any-return]
+        with self._executing() as cursor:
+            cursor.execute(self.sql_enqueue if notify else self.sql_insert, params)
+            row = cursor.fetchone()
+        if row is None:
+            return None
+        return row[0], self._datetime(row[1]), self._datetime(row[2])
 
     def claim(
         self, workflow_id: int, name: str, owner: str, token: uuid.UUID, lease: float, force: bool
     ) -> Claimed | None:
         """Take the lease on a workflow; None if it is missing, finished or owned by another."""
         params = self._params(
-            lease,
-            id=workflow_id,
-            name=name,
-            owner=owner,
-            token=self.token_param(token),
-            force=force,
+            lease, id=workflow_id, name=name, owner=owner, token=self._token(token), force=force
         )
-        with self.cursor() as cursor:
-            cursor.execute(self.sql_claim, params)
+        return self._claimed(self.sql_claim, params)
+
+    def claim_next(
+        self, queues: list[str], owner: str, token: uuid.UUID, lease: float
+    ) -> Claimed | None:
+        """Take the lease on the most urgent due workflow of ``queues``; None if none is due."""
+        queue_param: Any = queues if self.vendor == "postgresql" else json.dumps(queues)
+        params = self._params(lease, queues=queue_param, owner=owner, token=self._token(token))
+        return self._claimed(self.sql_claim_next, params)
+
+    def _claimed(self, sql: str, params: dict[str, Any]) -> Claimed | None:
+        with self._executing() as cursor:
+            cursor.execute(sql, params)
             row = cursor.fetchone()
             if row is None:
                 return None
             if self.vendor == "postgresql":
-                steps = {r[0]: (r[1], r[2], r[3], r[4]) for r in loads(row[4]) or ()}
+                steps = {r[0]: (r[1], r[2], r[3], r[4]) for r in loads(row[5]) or ()}
             else:
-                cursor.execute(_STEPS, {"id": workflow_id})
+                cursor.execute(_STEPS, {"id": row[0]})
                 steps = {r[0]: (r[1], r[2], loads(r[3]), r[4]) for r in cursor.fetchall()}
-        return Claimed(row[0], row[1], row[2], row[3], steps)
+        return Claimed(row[0], row[1], row[2], row[3], row[4], steps)
 
     def checkpoint(
         self,
@@ -342,7 +458,7 @@ class Store:
         params = self._params(
             lease,
             id=workflow_id,
-            token=self.token_param(token),
+            token=self._token(token),
             step_id=step_id,
             position=position,
             status=status,
@@ -352,9 +468,9 @@ class Store:
             started_at=adapt(started_at),
             completed_at=adapt(completed_at),
         )
-        with self.cursor() as cursor:
+        with self._executing() as cursor:
             cursor.execute(self.sql_checkpoint, params)
-            return bool(cursor.fetchone() is not None)
+            return cursor.fetchone() is not None
 
     def end(
         self,
@@ -366,23 +482,50 @@ class Store:
     ) -> bool:
         """Finish a run with ``status`` and release the lease; False if the lease was lost."""
         params = self._params(
-            0,
-            id=workflow_id,
-            token=self.token_param(token),
-            status=status,
-            result=result,
-            error=error,
+            0, id=workflow_id, token=self._token(token), status=status, result=result, error=error
         )
-        with self.cursor() as cursor:
+        with self._executing() as cursor:
             cursor.execute(self.sql_end, params)
-            return bool(cursor.rowcount == 1)
+            return cursor.fetchone() is not None
 
-    def release(self, workflow_id: int, token: uuid.UUID) -> bool:
-        """Give an unfinished workflow back (PENDING, no lease) so another process takes it."""
-        params = self._params(0, id=workflow_id, token=self.token_param(token))
-        with self.cursor() as cursor:
+    def release(
+        self, workflow_id: int, token: uuid.UUID, delay: float = 0.0, error: str | None = None
+    ) -> bool:
+        """Give an unfinished workflow back (PENDING, no lease), due again after ``delay``."""
+        params = self._params(0, id=workflow_id, token=self._token(token), delay=delay, error=error)
+        with self._executing() as cursor:
             cursor.execute(self.sql_release, params)
-            return bool(cursor.rowcount == 1)
+            row = cursor.fetchone()
+            if row is not None and delay <= 0:
+                self._notify(cursor, row[0])
+        return row is not None
+
+    def reap(self, max_recoveries: int) -> list[Reaped]:
+        """Take back workflows whose owner's lease expired: PENDING again, or ERROR for good."""
+        poison = json.dumps(
+            {
+                "type": "django_pgqrs.RecoveryLimitReached",
+                "message": (
+                    f"The process running this workflow stopped renewing its lease "
+                    f"{max_recoveries + 1} times (killed, crashed or hung): it was taken over "
+                    f"{max_recoveries} times, the PGQRS['MAX_RECOVERY_ATTEMPTS'] limit, and is "
+                    f"not run again automatically. Find why it kills its worker (its last "
+                    f"step, memory, time), then resume it with `manage.py pgqrs_resume <id>`."
+                ),
+                "traceback": "",
+            }
+        )
+        params = self._params(0, max=max_recoveries, poison=poison)
+        with self._executing() as cursor:
+            cursor.execute(self.sql_reap, params)
+            rows = cursor.fetchall()
+            for queue in {row[3] for row in rows if row[2] == WorkflowStatus.PENDING}:
+                self._notify(cursor, queue)
+        return [Reaped(row[0], row[1], row[2], row[4]) for row in rows]
+
+    def _notify(self, cursor: CursorWrapper, queue: str) -> None:
+        if self.vendor == "postgresql":
+            cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, queue])
 
     def renew(self, leases: list[tuple[int, uuid.UUID]], lease: float) -> int:
         """Extend the given leases; return how many were renewed."""
@@ -393,7 +536,7 @@ class Store:
         else:
             pairs = json.dumps([f"{i}:{t.hex}" for i, t in leases])
             params = self._params(lease, pairs=pairs)
-        with self.cursor() as cursor:
+        with self._executing() as cursor:
             cursor.execute(self.sql_renew, params)
             return int(cursor.rowcount)
 

@@ -34,9 +34,11 @@ class Processes:
     """Starts manage.py commands in new processes that use the test database."""
 
     def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
         self.trace = tmp_path / "trace.txt"
         self.hold = tmp_path / "hold"
         self.started: list[subprocess.Popen[str]] = []
+        self._stderr: dict[int, Path] = {}
 
     def env(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -51,16 +53,36 @@ class Processes:
         return env
 
     def start(self, *args: str, **env: str) -> subprocess.Popen[str]:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "django", *args],
-            cwd=ROOT,
-            env=self.env(**env),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        """Start a command; its stdout is a pipe, its stderr (logs) goes to a file."""
+        errors = self.tmp_path / f"stderr-{len(self.started)}.txt"
+        with errors.open("w") as stderr:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "django", *args],
+                cwd=ROOT,
+                env=self.env(**env),
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+            )
+        self._stderr[process.pid] = errors
         self.started.append(process)
         return process
+
+    def stderr_of(self, process: subprocess.Popen[str]) -> str:
+        return self._stderr[process.pid].read_text()
+
+    def wait_for_stderr(
+        self, process: subprocess.Popen[str], text: str, timeout: float = 30
+    ) -> None:
+        """Wait until the process has written ``text`` to its stderr."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.stderr_of(process):
+                return
+            if process.poll() is not None and text not in self.stderr_of(process):
+                break
+            time.sleep(0.02)
+        raise AssertionError(f"no {text!r} in stderr: {self.stderr_of(process)}")
 
     def run(self, *args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -90,7 +112,7 @@ class Processes:
                 seen.append(line)
                 if text in line:
                     return line
-        stderr = process.stderr.read() if process.poll() is not None and process.stderr else ""
+        stderr = self.stderr_of(process) if process.poll() is not None else ""
         raise AssertionError(f"no line with {text!r} in {seen!r}; stderr: {stderr}")
 
     def stop_all(self) -> None:
@@ -98,9 +120,8 @@ class Processes:
             if process.poll() is None:
                 process.kill()
             process.wait(timeout=10)
-            for stream in (process.stdout, process.stderr):
-                if stream:
-                    stream.close()
+            if process.stdout:
+                process.stdout.close()
 
 
 @pytest.fixture

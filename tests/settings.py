@@ -1,7 +1,8 @@
 """Test settings: real PostgreSQL by default, SQLite with PGQRS_TEST_DB=sqlite.
 
 Processes started by tests (workers, crash tests) get the name of the test database in
-PGQRS_TEST_DB_NAME, and use it as it is. PGQRS_TEST_LEASE_SECONDS shortens their leases.
+PGQRS_TEST_DB_NAME, and use it as it is; PGQRS_TEST_*_SECONDS and
+PGQRS_TEST_MAX_RECOVERY_ATTEMPTS set their PGQRS settings.
 """
 
 import os
@@ -76,4 +77,6 @@ else:
 PGQRS = {
     "LEASE_SECONDS": float(os.environ.get("PGQRS_TEST_LEASE_SECONDS", 30)),
     "HEARTBEAT_SECONDS": float(os.environ.get("PGQRS_TEST_HEARTBEAT_SECONDS", 10)),
+    "POLL_SECONDS": float(os.environ.get("PGQRS_TEST_POLL_SECONDS", 1.0)),
+    "MAX_RECOVERY_ATTEMPTS": int(os.environ.get("PGQRS_TEST_MAX_RECOVERY_ATTEMPTS", 5)),
 }

@@ -15,6 +15,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from django.contrib.auth.models import Group
@@ -170,3 +171,114 @@ def two_steps(ctx: Workflow, data: str) -> str:
     print(f"after step_two: {second}", flush=True)
     sys.stdout.flush()
     return second
+
+
+# --- Values, statements, hooks -----------------------------------------------------------------
+
+# What `remember` received as its input, one entry per run.
+received: list[Any] = []
+# What the next calls of `produce` return (exceptions are raised), first first.
+produced: list[Any] = []
+# Functions called with the context from inside the body of `during_step` and
+# `atomic_during_step`, one per call, first first.
+hooks: list[Callable[[Workflow], None]] = []
+
+
+def unstorable(kind: str) -> Any:
+    """A value no payload may hold: an arbitrary object, or a string holding NUL."""
+    return object() if kind == "object" else "a\x00b"
+
+
+@workflow
+def remember(ctx: Workflow, value: Any) -> Any:
+    received.append(value)
+    return flaky(ctx, value)
+
+
+@step
+def produce(ctx: Workflow) -> Any:
+    trace("produce")
+    value = produced.pop(0) if produced else "produced"
+    if isinstance(value, BaseException):
+        raise value
+    return value
+
+
+@workflow
+def then_produce(ctx: Workflow, n: int) -> list[Any]:
+    first = add_one(ctx, n)
+    return [first, add_one(ctx, first), produce(ctx)]
+
+
+@workflow
+def unstorable_result(ctx: Workflow, kind: str) -> Any:
+    add_one(ctx, 1)
+    return unstorable(kind)
+
+
+@workflow
+def many_then_flaky(ctx: Workflow, count: int) -> Any:
+    for i in range(count):
+        add_one(ctx, i)
+    return flaky(ctx, count)
+
+
+@step
+def fails(ctx: Workflow, message: str) -> str:
+    trace("fails")
+    raise RuntimeError(message)
+
+
+@workflow
+def failing(ctx: Workflow, message: str) -> str:
+    return fails(ctx, message)
+
+
+@step
+def during_step(ctx: Workflow) -> str:
+    trace("during_step")
+    if hooks:
+        hooks.pop(0)(ctx)
+    return "done"
+
+
+@workflow
+def with_hook(ctx: Workflow, n: int) -> list[Any]:
+    first = add_one(ctx, n)
+    return [first, during_step(ctx)]
+
+
+@workflow
+def with_two_hooks(ctx: Workflow) -> list[str]:
+    return [during_step(ctx), during_step(ctx)]
+
+
+@step(atomic=True)
+def atomic_during_step(ctx: Workflow, name: str) -> int:
+    trace("atomic_during_step")
+    group = Group.objects.create(name=name)
+    if hooks:
+        hooks.pop(0)(ctx)
+    return group.pk
+
+
+@workflow
+def atomic_with_hook(ctx: Workflow, name: str) -> int:
+    return atomic_during_step(ctx, name)
+
+
+from tests import worker_workflows  # noqa: E402, F401 - registers the worker tests' workflows
+
+
+@workflow
+def remember_output(ctx: Workflow, value: Any) -> Any:
+    output = echo(ctx, value)
+    received.append(output)
+    return flaky(ctx, output)
+
+
+@workflow
+def per_key(ctx: Workflow, numbers: dict[str, int]) -> dict[str, int]:
+    added = {key: add_one(ctx, n) for key, n in numbers.items()}
+    flaky(ctx, None)
+    return added

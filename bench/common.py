@@ -1,0 +1,88 @@
+"""What the benchmarks share: Django set up on the benchmark database, the floor, the paths."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "testproject")]
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.settings")
+os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/pgqrs_bench")
+
+
+def _ensure_database(url: str) -> None:
+    import psycopg
+    from testproject.database_url import parse
+
+    db = parse(url)
+    if not db["ENGINE"].endswith("postgresql"):
+        return
+    params = {"host": db["HOST"], "port": db["PORT"] or 5432, "user": db["USER"]}
+    with psycopg.connect(
+        **params, password=db["PASSWORD"], dbname="postgres", autocommit=True
+    ) as admin:
+        found = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [db["NAME"]])
+        if not found.fetchone():
+            admin.execute(f'CREATE DATABASE "{db["NAME"]}"')
+
+
+def setup() -> None:
+    """Create the benchmark database if needed, set Django up, migrate, start empty."""
+    _ensure_database(os.environ["DATABASE_URL"])
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    reset()
+
+
+def reset() -> None:
+    """Delete every saved workflow (this is the benchmark's own database)."""
+    from django.core.management.color import no_style
+    from django.db import connection
+
+    from django_pgqrs.models import Workflow, WorkflowStep
+
+    tables = [WorkflowStep._meta.db_table, Workflow._meta.db_table]
+    connection.ops.execute_sql_flush(connection.ops.sql_flush(no_style(), tables))
+
+
+def floor(count: int) -> float:
+    """Seconds per raw psycopg INSERT + COMMIT (autocommit) of a small jsonb row."""
+    import psycopg
+    from django.db import connection
+
+    settings = connection.settings_dict
+    raw = psycopg.connect(
+        host=settings["HOST"],
+        port=settings["PORT"] or 5432,
+        user=settings["USER"],
+        password=settings["PASSWORD"],
+        dbname=settings["NAME"],
+        autocommit=True,
+    )
+    with raw:
+        raw.execute(
+            "CREATE TABLE IF NOT EXISTS pgqrs_bench_floor (id bigserial PRIMARY KEY, v jsonb)"
+        )
+        start = time.perf_counter()
+        for n in range(count):
+            raw.execute("INSERT INTO pgqrs_bench_floor (v) VALUES (%s::jsonb)", [f'{{"n": {n}}}'])
+        elapsed = time.perf_counter() - start
+        raw.execute("DROP TABLE pgqrs_bench_floor")
+    return elapsed / count
+
+
+def inline(count: int) -> float:
+    """Seconds per 3-step workflow created and run in this process (``fn.run``)."""
+    from bench.benchapp.workflows import three_steps
+
+    start = time.perf_counter()
+    for n in range(count):
+        three_steps.run(n)
+    return (time.perf_counter() - start) / count

@@ -1,0 +1,120 @@
+"""Worker throughput and enqueue-to-start latency, against the inline rate.
+
+    python bench/worker.py [--workflows 1000] [--processes 1,2,4] [--concurrency 1] [--samples 200]
+
+Uses DATABASE_URL (default postgres://postgres@127.0.0.1:5432/pgqrs_bench, created if missing;
+its workflows are deleted). For each number of worker processes: enqueues the 3-step workflows,
+starts that many `pgqrs_worker --burst` processes, and times from their start until every
+workflow succeeded (process start-up included). Prints workflows/s and the ratio to the inline
+rate (`fn.run`, as bench/checkpoint.py measures it) in the same run. Then, with one idle worker
+listening, enqueues workflows one at a time and prints the enqueue-to-first-step latency, p50
+and p99.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+import common  # sets Django up; must come first
+
+
+def worker_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "django", "pgqrs_worker", *args]
+
+
+def worker_env() -> dict[str, str]:
+    return dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(common.ROOT), str(common.ROOT / "testproject")]),
+    )
+
+
+def drain(workflows: int, processes: int, concurrency: int) -> float:
+    """Seconds for ``processes`` burst workers to run ``workflows`` queued workflows."""
+    from bench.benchapp.workflows import three_steps
+    from django_pgqrs.models import Workflow
+
+    common.reset()
+    for n in range(workflows):
+        three_steps.start(n)
+    start = time.perf_counter()
+    workers = [
+        subprocess.Popen(
+            worker_command("--burst", "-v", "0", "--concurrency", str(concurrency)),
+            env=worker_env(),
+            cwd=common.ROOT,
+        )
+        for _ in range(processes)
+    ]
+    for worker in workers:
+        if worker.wait() != 0:
+            raise SystemExit(f"a worker exited with {worker.returncode}")
+    elapsed = time.perf_counter() - start
+    done = Workflow.objects.filter(status="SUCCESS").count()
+    if done != workflows:
+        raise SystemExit(f"only {done} of {workflows} workflows succeeded")
+    return elapsed
+
+
+def latency(samples: int) -> list[float]:
+    """Seconds from enqueue to the first step's start, one workflow at a time."""
+    from bench.benchapp.workflows import started_at
+
+    common.reset()
+    worker = subprocess.Popen(worker_command("-v", "0"), env=worker_env(), cwd=common.ROOT)
+    try:
+        started_at.start().result(timeout=30)  # the worker is up and listening
+        times = []
+        for _ in range(samples):
+            enqueued = time.time()
+            began = started_at.start().result(timeout=30, poll=0.005)
+            times.append(began - enqueued)
+            time.sleep(0.01)
+        return times
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=60)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workflows", type=int, default=1000)
+    parser.add_argument("--processes", default="1,2,4")
+    parser.add_argument("--concurrency", type=int, default=1, help="threads per worker process")
+    parser.add_argument("--samples", type=int, default=200)
+    args = parser.parse_args()
+    common.setup()
+    from django.db import connection
+
+    common.inline(50)
+    inline = common.inline(args.workflows // 2)
+    common.reset()
+    db = connection.settings_dict
+    print(
+        f"database: {connection.vendor} {db['HOST'] or 'local'}/{db['NAME']}; "
+        f"{args.workflows} queued 3-step workflows; {os.cpu_count()} CPUs; "
+        f"{args.concurrency} thread(s) per worker process"
+    )
+    print(f"inline (fn.run, one process): {1 / inline:.0f} workflows/s")
+    print(f"{'processes':>9} {'seconds':>8} {'wf/s':>7} {'x inline':>9}")
+    for processes in [int(n) for n in args.processes.split(",")]:
+        seconds = drain(args.workflows, processes, args.concurrency)
+        rate = args.workflows / seconds
+        print(f"{processes:>9} {seconds:>8.2f} {rate:>7.0f} {rate * inline:>9.2f}")
+    times = sorted(latency(args.samples))
+    p50 = statistics.median(times)
+    p99 = times[min(len(times) - 1, int(len(times) * 0.99))]
+    print(
+        f"enqueue-to-start with LISTEN/NOTIFY, {len(times)} samples: "
+        f"p50 {p50 * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""``manage.py pgqrs_worker``: run due workflows until stopped."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from django_pgqrs.worker import Worker
+
+
+class Command(BaseCommand):
+    help = (
+        "Run due workflows of the given queues until SIGTERM/SIGINT (or, with --burst, until "
+        "none is due), and finish workflows whose process died."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--queues",
+            default="default",
+            help="Comma-separated queue names to take workflows from (default: default).",
+        )
+        parser.add_argument(
+            "--concurrency",
+            type=int,
+            default=1,
+            help="How many workflows to run at once, each in its own thread (default: 1).",
+        )
+        parser.add_argument(
+            "--burst", action="store_true", help="Exit once no workflow is due (for tests, cron)."
+        )
+        parser.add_argument(
+            "--grace-seconds",
+            type=float,
+            default=30.0,
+            help="On SIGTERM/SIGINT, how long running workflows may take to finish before "
+            "their leases are given back to other workers (default: 30).",
+        )
+        parser.add_argument("--database", default=None, help="Database alias of the workflows.")
+
+    def handle(
+        self,
+        *args: Any,
+        queues: str,
+        concurrency: int,
+        burst: bool,
+        grace_seconds: float,
+        database: str | None,
+        verbosity: int,
+        **options: Any,
+    ) -> None:
+        names = [name.strip() for name in queues.split(",") if name.strip()]
+        if not names:
+            raise CommandError("--queues needs at least one queue name.")
+        if concurrency < 1:
+            raise CommandError("--concurrency must be at least 1.")
+        self._log_to_stderr(verbosity)
+        Worker(names, concurrency, burst, grace_seconds, database).run()
+
+    def _log_to_stderr(self, verbosity: int) -> None:
+        # The worker reports through logging; without a configured handler, show its lines.
+        log = logging.getLogger("django_pgqrs")
+        if log.handlers or verbosity == 0:
+            return
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.DEBUG if verbosity > 1 else logging.INFO)

@@ -1,0 +1,391 @@
+"""The worker: claims due workflows and runs them; takes back workflows whose owner died.
+
+One worker process runs ``concurrency`` runner threads. Each runner claims the most urgent due
+workflow of the worker's queues (``SELECT ... FOR UPDATE SKIP LOCKED``, so workers on many
+machines share the work through PostgreSQL alone), runs it through the engine, and claims the
+next. When nothing is due, runners sleep until a notification (PostgreSQL ``LISTEN``; a commit
+that makes a workflow due sends ``NOTIFY``) or the poll interval wakes them.
+
+The main thread listens, and every poll interval takes back workflows whose owner stopped
+renewing its lease (``Store.reap``): they become PENDING for any worker, or ERROR after
+``MAX_RECOVERY_ATTEMPTS`` takeovers. It also handles SIGTERM and SIGINT: stop claiming, let the
+running workflows finish within the grace period, then give back the leases of the rest so that
+another worker takes them at once. A second signal gives them back and exits at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+from django.db import DatabaseError, InterfaceError, connections, router
+
+from . import runtime
+from .conf import conf
+from .exceptions import LeaseLost, StorageError, UnknownWorkflow
+from .lease import Lease, process_owner
+from .models import Workflow, WorkflowStatus
+from .store import CHANNEL, Store, store_for
+
+logger = logging.getLogger("django_pgqrs.worker")
+
+
+@dataclass
+class Summary:
+    """What a worker did, for its exit line."""
+
+    succeeded: int = 0
+    failed: int = 0
+    released: int = 0
+    recovered: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def __str__(self) -> str:
+        ran = self.succeeded + self.failed
+        return (
+            f"{ran} workflows run ({self.succeeded} succeeded, {self.failed} failed), "
+            f"{self.released} given back, {self.recovered} recovered from dead owners, "
+            f"in {time.monotonic() - self.started:.1f}s"
+        )
+
+
+class Wakeup:
+    """Wakes idle runners; a ring between their claim and their wait is not lost."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._rings = 0
+
+    def ring(self) -> None:
+        with self._condition:
+            self._rings += 1
+            self._condition.notify_all()
+
+    def rings(self) -> int:
+        return self._rings
+
+    def wait(self, seen: int, timeout: float) -> None:
+        with self._condition:
+            if self._rings == seen:
+                self._condition.wait(timeout)
+
+
+class Worker:
+    """Runs due workflows of ``queues`` until stopped (or, with ``burst``, until none is due)."""
+
+    def __init__(
+        self,
+        queues: list[str] | None = None,
+        concurrency: int = 1,
+        burst: bool = False,
+        grace: float = 30.0,
+        using: str | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1.")
+        self.queues = queues or ["default"]
+        self.concurrency = concurrency
+        self.burst = burst
+        self.grace = grace
+        self.alias = using or router.db_for_write(Workflow) or "default"
+        self.summary = Summary()
+        self.wakeup = Wakeup()
+        self.stopping = threading.Event()
+        self._signals = 0
+        self._lock = threading.Lock()
+        self._leases: dict[int, Lease] = {}  # runner thread id -> lease of its current workflow
+        self._orphans: list[Lease] = []  # leases to give back once the database answers
+        self._runners: list[threading.Thread] = []
+
+    @property
+    def store(self) -> Store:
+        return store_for(self.alias)
+
+    # --- Main thread ---------------------------------------------------------------------------
+
+    def run(self) -> Summary:
+        """Work until stopped; return what was done. Installs SIGTERM/SIGINT handlers."""
+        previous = {
+            sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
+        }
+        logger.info(
+            "Worker %s started: queues %s, concurrency %d%s",
+            process_owner(),
+            ",".join(self.queues),
+            self.concurrency,
+            ", burst" if self.burst else "",
+        )
+        try:
+            self._wait_for_database()
+            if not self.stopping.is_set():
+                self._reap()
+                self._runners = [
+                    threading.Thread(target=self._runner, name=f"pgqrs-runner-{n}", daemon=True)
+                    for n in range(self.concurrency)
+                ]
+                for thread in self._runners:
+                    thread.start()
+                self._listen()
+                self._drain()
+        finally:
+            self._give_back(list(self._leases.values()) + self._orphans)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            logger.info("Worker %s stopped: %s", process_owner(), self.summary)
+        return self.summary
+
+    def stop(self) -> None:
+        """Stop claiming; running workflows finish within the grace period."""
+        self.stopping.set()
+        self.wakeup.ring()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            logger.info(
+                "Worker %s: %s received, finishing running workflows (up to %ss); "
+                "send it again to stop at once",
+                process_owner(),
+                signal.Signals(signum).name,
+                self.grace,
+            )
+            self.stop()
+        else:
+            raise SystemExit(1)
+
+    def _wait_for_database(self) -> None:
+        delay = 0.5
+        while not self.stopping.is_set():
+            try:
+                connections[self.alias].ensure_connection()
+                return
+            except (DatabaseError, InterfaceError) as exc:
+                logger.warning(
+                    "Database %r unreachable (%s); retrying in %.1fs", self.alias, exc, delay
+                )
+                self.stopping.wait(delay)
+                delay = min(delay * 2, 10.0)
+
+    def _listen(self) -> None:
+        """Until stopping: wake runners on notifications and each poll; recover dead owners'."""
+        listener = Listener(self.alias) if self.store.vendor == "postgresql" else None
+        next_poll = 0.0
+        try:
+            while not self.stopping.is_set():
+                if self.burst and not any(thread.is_alive() for thread in self._runners):
+                    return
+                # Wait in short slices, so that a stop is noticed at once whatever the poll.
+                now = time.monotonic()
+                slice_ = max(0.0, min(0.25, next_poll - now))
+                if listener is not None and listener.wait(self.queues, slice_):
+                    self.wakeup.ring()
+                elif listener is None:
+                    self.stopping.wait(slice_)
+                if time.monotonic() >= next_poll:
+                    next_poll = time.monotonic() + conf.POLL_SECONDS
+                    self.wakeup.ring()
+                    self._reap()
+                    self._retry_give_back()
+        finally:
+            if listener is not None:
+                listener.close()
+
+    def _drain(self) -> None:
+        """After a stop: wait for runners up to the grace period, then give leases back."""
+        deadline = time.monotonic() + self.grace
+        for thread in self._runners:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            left = list(self._leases.values())
+            self._leases.clear()
+        if left:
+            logger.warning(
+                "Worker %s: grace period over; giving back %d running workflow(s): %s",
+                process_owner(),
+                len(left),
+                ", ".join(str(lease.workflow_id) for lease in left),
+            )
+        self._give_back(left)
+
+    def _give_back(self, leases: list[Lease]) -> None:
+        for lease in leases:
+            try:
+                if self.store.release(lease.workflow_id, lease.token):
+                    self._count("released")
+            except StorageError:
+                logger.warning(
+                    "Could not give back workflow %s; its lease will expire", lease.workflow_id
+                )
+
+    def _retry_give_back(self) -> None:
+        with self._lock:
+            orphans, self._orphans = self._orphans, []
+        still = []
+        for lease in orphans:
+            try:
+                if self.store.release(lease.workflow_id, lease.token):
+                    self._count("released")
+                    logger.info("Gave back workflow %s after a database failure", lease.workflow_id)
+            except StorageError:
+                still.append(lease)
+        if still:
+            with self._lock:
+                self._orphans.extend(still)
+
+    def _reap(self) -> int:
+        """Take back workflows whose owners' leases expired; return how many."""
+        try:
+            reaped = self.store.reap(conf.MAX_RECOVERY_ATTEMPTS)
+        except StorageError as exc:
+            logger.warning("Recovery skipped: %s", exc)
+            _close_if_broken(self.alias)
+            return 0
+        for item in reaped:
+            if item.status == WorkflowStatus.ERROR:
+                logger.error(
+                    "Workflow %s (%s): its owner %s died again; recovery limit of %d reached, "
+                    "marked ERROR",
+                    item.workflow_id,
+                    item.name,
+                    item.owner,
+                    conf.MAX_RECOVERY_ATTEMPTS,
+                )
+            else:
+                logger.warning(
+                    "Workflow %s (%s): its owner %s stopped renewing its lease; it will run again",
+                    item.workflow_id,
+                    item.name,
+                    item.owner,
+                )
+        self._count("recovered", len(reaped))
+        return len(reaped)
+
+    def _count(self, what: str, n: int = 1) -> None:
+        with self._lock:
+            setattr(self.summary, what, getattr(self.summary, what) + n)
+
+    # --- Runner threads ------------------------------------------------------------------------
+
+    def _runner(self) -> None:
+        try:
+            while not self.stopping.is_set():
+                seen = self.wakeup.rings()
+                if self._run_one():
+                    continue
+                if self.burst:
+                    # Nothing due: one more look after taking back dead owners' workflows.
+                    if self._reap() == 0 and not self._run_one():
+                        return
+                    continue
+                self.wakeup.wait(seen, conf.POLL_SECONDS)
+        finally:
+            connections.close_all()
+
+    def _run_one(self) -> bool:
+        """Claim one due workflow and run it; return False if none was due."""
+        lease = Lease(self.alias, 0)
+        try:
+            claimed = self.store.claim_next(
+                self.queues, process_owner(), lease.token, conf.LEASE_SECONDS
+            )
+        except StorageError as exc:
+            logger.warning("Could not claim a workflow: %s", exc)
+            _close_if_broken(self.alias)
+            self.stopping.wait(conf.POLL_SECONDS)
+            return False
+        if claimed is None:
+            return False
+        lease.workflow_id = claimed.workflow_id
+        ident = threading.get_ident()
+        with self._lock:
+            self._leases[ident] = lease
+        label = f"{claimed.workflow_id} ({claimed.name})"
+        logger.info("Workflow %s started, attempt %d", label, claimed.attempts)
+        started = time.monotonic()
+        try:
+            runtime.run_claimed(claimed, self.store, lease)
+        except LeaseLost:
+            logger.warning("Workflow %s: lease lost to another process; stopped", label)
+        except StorageError as exc:
+            logger.warning("Workflow %s interrupted: %s", label, exc)
+            _close_if_broken(self.alias)
+            with self._lock:
+                self._orphans.append(lease)
+        except UnknownWorkflow as exc:
+            logger.error("Workflow %s not run: %s", label, exc)
+        except Exception as exc:
+            self._count("failed")
+            logger.warning(
+                "Workflow %s failed after %.3fs: %s: %s",
+                label,
+                time.monotonic() - started,
+                type(exc).__name__,
+                exc,
+            )
+        else:
+            self._count("succeeded")
+            logger.info("Workflow %s succeeded in %.3fs", label, time.monotonic() - started)
+        finally:
+            with self._lock:
+                self._leases.pop(ident, None)
+        return True
+
+
+class Listener:
+    """A PostgreSQL connection that LISTENs for due workflows; reconnects after failures."""
+
+    def __init__(self, alias: str) -> None:
+        self.alias = alias
+        self._connection: Any = None
+        self._retry_at = 0.0
+
+    def wait(self, queues: list[str], timeout: float) -> bool:
+        """Wait up to ``timeout`` for a notification about ``queues``; False if none came."""
+        deadline = time.monotonic() + timeout
+        try:
+            connection = self._connect()
+            if connection is None:
+                time.sleep(timeout)
+                return False
+            for notify in connection.notifies(timeout=timeout):
+                if notify.payload in queues:
+                    return True
+                if time.monotonic() >= deadline:
+                    break
+        except Exception as exc:  # any failure of the listening connection: poll instead
+            logger.warning("Listening for notifications failed (%s); polling until it is back", exc)
+            self.close()
+            self._retry_at = time.monotonic() + 1.0
+        return False
+
+    def _connect(self) -> Any:
+        if self._connection is not None:
+            return self._connection
+        if time.monotonic() < self._retry_at:
+            return None
+        wrapper = connections[self.alias]
+        connection = wrapper.get_new_connection(wrapper.get_connection_params())
+        connection.autocommit = True
+        connection.execute(f"LISTEN {CHANNEL}")
+        self._connection = connection
+        return connection
+
+    def close(self) -> None:
+        if self._connection is not None:
+            # Closing a broken connection may fail too; it is gone either way.
+            with contextlib.suppress(Exception):
+                self._connection.close()
+            self._connection = None
+
+
+def _close_if_broken(alias: str) -> None:
+    """Drop this thread's connection if it is unusable, so the next query reconnects."""
+    connection = connections[alias]
+    if connection.connection is not None and not connection.is_usable():
+        connection.close()

@@ -1,0 +1,338 @@
+"""Background execution: start(), handles, and real pgqrs_worker processes."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import signal
+import socket
+import threading
+import time
+from collections import Counter
+
+import pytest
+from django.db import connection, transaction
+from django.utils import timezone
+
+from django_pgqrs import (
+    Workflow,
+    WorkflowFailed,
+    WorkflowMismatch,
+    WorkflowStep,
+    WorkflowTimeout,
+    start_workflow,
+)
+from django_pgqrs.worker import Worker
+from tests.worker_workflows import worker_failing, worker_poison, worker_three
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+# Short leases and polls, so that recovery happens within the test's patience.
+FAST = {
+    "PGQRS_TEST_LEASE_SECONDS": "1.5",
+    "PGQRS_TEST_HEARTBEAT_SECONDS": "0.3",
+    "PGQRS_TEST_POLL_SECONDS": "0.1",
+}
+
+
+def wait_until(condition, timeout: float = 20, what: str = "condition"):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def lease_expired(workflow_id: int) -> bool:
+    row = Workflow.objects.get(pk=workflow_id)
+    return row.lease_expires_at is not None and row.lease_expires_at < timezone.now()
+
+
+def test_start_saves_a_pending_workflow_and_returns_a_handle():
+    handle = worker_three.start(1, queue="reports", priority=5)
+    saved = handle.workflow()
+    assert handle.id == saved.id and handle.status() == "PENDING"
+    assert (saved.name, saved.queue, saved.priority) == ("worker_three", "reports", 5)
+    assert saved.input == {"args": [1], "kwargs": {}}
+    assert saved.run_at <= timezone.now()
+    assert start_workflow("worker_three", 2).status() == "PENDING"
+
+
+def test_enqueueing_in_a_rolled_back_transaction_saves_nothing():
+    with pytest.raises(RuntimeError), transaction.atomic():
+        worker_three.start(1)
+        raise RuntimeError("roll back")
+    assert not Workflow.objects.exists()
+
+
+def test_a_repeated_idempotency_key_returns_the_existing_workflow():
+    first = worker_three.start(1, idempotency_key="order-1")
+    again = worker_three.start(2, idempotency_key="order-1")
+    assert again == first
+    assert Workflow.objects.count() == 1
+    with pytest.raises(WorkflowMismatch, match="order-1"):
+        start_workflow("worker_failing", "x", idempotency_key="order-1")
+
+
+def test_a_worker_runs_started_workflows_and_logs_each(processes):
+    handles = [worker_three.start(n) for n in range(5)]
+    done = processes.run("pgqrs_worker", "--burst")
+    assert done.returncode == 0, done.stderr
+    assert [handle.result(timeout=5) for handle in handles] == [1, 3, 5, 7, 9]
+    for handle in handles:
+        assert f"Workflow {handle.id} (worker_three) started, attempt 1" in done.stderr
+        assert f"Workflow {handle.id} (worker_three) succeeded in" in done.stderr
+    assert "stopped: 5 workflows run (5 succeeded, 0 failed)" in done.stderr
+
+
+def test_result_raises_the_workflows_error_or_times_out(processes):
+    failing = worker_failing.start("no such order")
+    waiting = worker_three.start(1, run_at=datetime.timedelta(hours=1))
+    assert processes.run("pgqrs_worker", "--burst").returncode == 0
+    with pytest.raises(WorkflowFailed, match="ValueError: no such order") as caught:
+        failing.result(timeout=5)
+    assert caught.value.error["step"] == "fail"
+    with pytest.raises(WorkflowTimeout, match="PENDING"):
+        waiting.result(timeout=0.2)
+
+
+def test_workers_take_higher_priority_first_then_older():
+    low = worker_three.start(1, priority=0)
+    high = worker_three.start(2, priority=10)
+    later = worker_three.start(3, priority=10)
+    Worker(burst=True).run()
+    started = list(
+        Workflow.objects.order_by("steps__started_at").values_list("id", flat=True).distinct()
+    )
+    order = [pk for pk in dict.fromkeys(started)]
+    assert order == [high.id, later.id, low.id]
+
+
+def test_a_workflow_due_later_waits_for_its_time():
+    handle = worker_three.start(1, run_at=timezone.now() + datetime.timedelta(hours=1))
+    Worker(burst=True).run()
+    assert handle.status() == "PENDING"
+    Workflow.objects.filter(pk=handle.id).update(run_at=timezone.now())
+    Worker(burst=True).run()
+    assert handle.result(timeout=1) == 3
+
+
+def test_a_worker_runs_only_its_queues():
+    email = worker_three.start(1, queue="email")
+    other = worker_three.start(2)
+    Worker(queues=["email"], burst=True).run()
+    assert (email.status(), other.status()) == ("SUCCESS", "PENDING")
+
+
+def test_an_idle_worker_wakes_on_notify_not_on_its_poll(processes, postgres_only):
+    worker = processes.start("pgqrs_worker", PGQRS_TEST_POLL_SECONDS="30")
+    processes.wait_for_stderr(worker, "started: queues default")
+    time.sleep(0.5)  # let it go idle, listening
+    handle = worker_three.start(4)
+    assert handle.result(timeout=10) == 9  # far sooner than its 30 s poll
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=20) == 0
+
+
+def test_a_killed_worker_is_replaced_and_finished_steps_do_not_run_again(processes):
+    processes.hold.touch()
+    handle = worker_three.start(7)
+    doomed = processes.start("pgqrs_worker", PGQRS_TEST_HOLD=str(processes.hold), **FAST)
+    processes.wait_for_line(doomed, f"holding workflow {handle.id}")
+    heir = processes.start("pgqrs_worker", **FAST)
+    processes.wait_for_stderr(heir, "started: queues default")
+    doomed.kill()
+    killed = time.monotonic()
+    processes.hold.unlink()
+    assert handle.result(timeout=20) == 15
+    # Lease 1.5 s + poll 0.1 s, with room for a loaded machine.
+    assert time.monotonic() - killed < 1.5 + 0.1 + 3
+    assert Counter(processes.traced()) == {"first:7": 1, "second:7": 2, "third:14": 1}
+    saved = Workflow.objects.get(pk=handle.id)
+    assert (saved.attempts, saved.recovery_attempts) == (2, 1)
+    heir.send_signal(signal.SIGTERM)
+    assert heir.wait(timeout=20) == 0
+
+
+def test_many_workers_run_every_workflow_exactly_once(processes):
+    count = 400 if connection.vendor == "postgresql" else 100
+    handles = [worker_three.start(n) for n in range(count)]
+    workers = [processes.start("pgqrs_worker", "--burst", "--concurrency", "2") for _ in range(4)]
+    for worker in workers:
+        assert worker.wait(timeout=120) == 0, processes.stderr_of(worker)
+    assert set(Workflow.objects.values_list("status", flat=True)) == {"SUCCESS"}
+    assert set(Workflow.objects.values_list("attempts", flat=True)) == {1}
+    assert WorkflowStep.objects.count() == 3 * count
+    assert [handle.result(timeout=1) for handle in handles] == [2 * n + 1 for n in range(count)]
+    traced = Counter(processes.traced())
+    assert len(traced) == 3 * count and set(traced.values()) == {1}
+
+
+def test_sigterm_lets_the_running_workflow_finish_and_exits_zero(processes):
+    processes.hold.touch()
+    handle = worker_three.start(1)
+    worker = processes.start("pgqrs_worker", PGQRS_TEST_HOLD=str(processes.hold))
+    processes.wait_for_line(worker, f"holding workflow {handle.id}")
+    worker.send_signal(signal.SIGTERM)
+    processes.wait_for_stderr(worker, "SIGTERM received")
+    later = worker_three.start(2)
+    processes.hold.unlink()
+    assert worker.wait(timeout=20) == 0
+    assert handle.result(timeout=1) == 3
+    assert later.status() == "PENDING"  # not claimed after the signal
+
+
+def test_sigterm_gives_back_what_outlives_the_grace_period(processes):
+    processes.hold.touch()
+    handle = worker_three.start(5)
+    worker = processes.start(
+        "pgqrs_worker", "--grace-seconds", "0.3", PGQRS_TEST_HOLD=str(processes.hold)
+    )
+    processes.wait_for_line(worker, f"holding workflow {handle.id}")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=20) == 0
+    saved = Workflow.objects.get(pk=handle.id)
+    assert (saved.status, saved.lease_token) == ("PENDING", None)
+    processes.hold.unlink()
+    assert processes.run("pgqrs_worker", "--burst").returncode == 0
+    assert handle.result(timeout=1) == 11
+    assert Counter(processes.traced()) == {"first:5": 1, "second:5": 2, "third:10": 1}
+
+
+def test_a_second_signal_exits_at_once_and_gives_the_lease_back(processes):
+    processes.hold.touch()
+    handle = worker_three.start(1)
+    worker = processes.start("pgqrs_worker", PGQRS_TEST_HOLD=str(processes.hold))
+    processes.wait_for_line(worker, f"holding workflow {handle.id}")
+    worker.send_signal(signal.SIGINT)
+    processes.wait_for_stderr(worker, "SIGINT received")
+    worker.send_signal(signal.SIGINT)
+    assert worker.wait(timeout=10) == 1
+    assert Workflow.objects.get(pk=handle.id).status == "PENDING"
+
+
+def test_a_workflow_that_keeps_killing_its_worker_is_marked_error(processes):
+    handle = worker_poison.start()
+    env = dict(FAST, PGQRS_TEST_MAX_RECOVERY_ATTEMPTS="1")
+    for _ in range(2):  # the first run, then the one recovery allowed
+        assert processes.run("pgqrs_worker", "--burst", **env).returncode == -signal.SIGKILL
+        wait_until(lambda: lease_expired(handle.id), what="the lease to expire")
+    done = processes.run("pgqrs_worker", "--burst", **env)
+    assert done.returncode == 0, done.stderr
+    with pytest.raises(WorkflowFailed, match="RecoveryLimitReached") as caught:
+        handle.result(timeout=1)
+    assert "MAX_RECOVERY_ATTEMPTS" in caught.value.error["message"]
+    assert "recovery limit of 1 reached" in done.stderr
+    assert processes.traced() == ["die", "die"]
+
+
+def test_a_stale_owner_cannot_write_after_losing_its_lease(processes):
+    processes.hold.touch()
+    handle = worker_three.start(3)
+    stale = processes.start("pgqrs_worker", PGQRS_TEST_HOLD=str(processes.hold), **FAST)
+    processes.wait_for_line(stale, f"holding workflow {handle.id}")
+    stale.send_signal(signal.SIGSTOP)  # as if its machine froze: no heartbeat, no progress
+    wait_until(lambda: lease_expired(handle.id), what="the frozen owner's lease to expire")
+    processes.hold.unlink()
+    assert processes.run("pgqrs_worker", "--burst", **FAST).returncode == 0
+    assert handle.result(timeout=1) == 7
+    saved = {s.step_id: (s.output, s.completed_at) for s in WorkflowStep.objects.all()}
+    stale.send_signal(signal.SIGCONT)
+    processes.wait_for_stderr(stale, f"Workflow {handle.id} (worker_three): lease lost")
+    assert {s.step_id: (s.output, s.completed_at) for s in WorkflowStep.objects.all()} == saved
+    assert Workflow.objects.get(pk=handle.id).status == "SUCCESS"
+    stale.send_signal(signal.SIGTERM)
+    assert stale.wait(timeout=20) == 0
+
+
+def test_a_worker_waits_for_a_database_unreachable_at_start(processes, postgres_only):
+    handle = worker_three.start(6)
+    proxy = DelayedProxy(target_port=int(connection.settings_dict["PORT"] or 5432), delay=2.0)
+    try:
+        worker = processes.start("pgqrs_worker", "--burst", PGPORT=str(proxy.port))
+        assert worker.wait(timeout=30) == 0
+        assert "unreachable" in processes.stderr_of(worker)
+    finally:
+        proxy.close()
+    assert handle.result(timeout=1) == 13
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="restarting PostgreSQL needs root")
+def test_workers_survive_a_postgresql_restart(processes, postgres_only):
+    import shutil
+    import subprocess
+
+    if not shutil.which("pg_ctlcluster") or not os.path.isdir("/etc/postgresql"):
+        pytest.skip("no local PostgreSQL cluster to restart")
+    version = sorted(os.listdir("/etc/postgresql"))[-1]
+    handles = [worker_three.start(n) for n in range(300)]
+    workers = [processes.start("pgqrs_worker", "--concurrency", "2", **FAST) for _ in range(2)]
+    wait_until(lambda: Workflow.objects.filter(status="SUCCESS").count() > 20, what="some progress")
+    connection.close()
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
+        check=True,
+        timeout=60,
+    )
+    connection.close()
+    wait_until(
+        lambda: Workflow.objects.filter(status="SUCCESS").count() == len(handles),
+        timeout=90,
+        what="every workflow to finish after the restart",
+    )
+    assert WorkflowStep.objects.count() == 3 * len(handles)
+    for worker in workers:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
+    logs = "".join(processes.stderr_of(worker) for worker in workers)
+    assert "stopped:" in logs
+
+
+class DelayedProxy:
+    """A TCP port that forwards to the database, but only ``delay`` seconds from now."""
+
+    def __init__(self, target_port: int, delay: float) -> None:
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        self.target_port = target_port
+        self._closed = threading.Event()
+        self._server: socket.socket | None = None
+        threading.Thread(target=self._serve, args=(delay,), daemon=True).start()
+
+    def _serve(self, delay: float) -> None:
+        if self._closed.wait(delay):
+            return
+        server = self._server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", self.port))
+        server.listen()
+        while not self._closed.is_set():
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._closed.set()
+        if self._server is not None:
+            self._server.close()
