@@ -239,6 +239,8 @@ WHERE workflow_id || ':' || lease_token IN (SELECT value FROM json_each(%(pairs)
 """,
 }
 
+_NEVER = 2**31 - 1
+
 try:
     import psycopg
 
@@ -322,7 +324,12 @@ class Store:
         connection.close_if_health_check_failed()
         connection.ensure_connection()
         connection.validate_thread_sharing()
-        raw: Any = _PreparedCursor(connection.connection)
+        pg_connection = connection.connection
+        if pg_connection.prepare_threshold is None:
+            # Django turns preparing off (None), and psycopg then ignores prepare=True too. A
+            # threshold no statement reaches keeps Django's own statements unprepared.
+            pg_connection.prepare_threshold = _NEVER
+        raw: Any = _PreparedCursor(pg_connection)
         if connection.queries_logged:
             return connection.make_debug_cursor(raw)
         return connection.make_cursor(raw)
