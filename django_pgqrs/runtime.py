@@ -414,7 +414,7 @@ def _execute(
             text = codec.dump(
                 value, f"result of workflow {definition.name!r}", conf.MAX_PAYLOAD_BYTES
             )
-        except (LeaseLost, StorageError):
+        except (LeaseLost, WorkflowCancelled, StorageError):
             # Not the workflow's failure: it keeps its last checkpoint for the next owner.
             raise
         except Exception as exc:
@@ -424,7 +424,7 @@ def _execute(
             if not store.end(
                 workflow.id, lease.token, WorkflowStatus.ERROR, error=_error_text(exc, step)
             ):
-                raise LeaseLost(workflow.id) from exc
+                raise _lost(run) from exc
             raise
         except BaseException:
             # Interrupted (KeyboardInterrupt, SystemExit): give the workflow back at once.
@@ -432,7 +432,7 @@ def _execute(
             workflow.status = WorkflowStatus.PENDING
             raise
         if not store.end(workflow.id, lease.token, WorkflowStatus.SUCCESS, result=text):
-            raise LeaseLost(workflow.id)
+            raise _lost(run)
         leftover = run.unreplayed()
         if leftover:
             logger.warning(
@@ -499,7 +499,7 @@ def call_step(
                 text = _run_body(definition, ctx, args, kwargs, step_id)
         except _NotWritten:
             return _adopt(run, step_id)
-        except (LeaseLost, StorageError):
+        except (LeaseLost, WorkflowCancelled, StorageError):
             raise
         except Exception as exc:
             run.in_step = False
@@ -507,7 +507,7 @@ def call_step(
                 time.sleep(definition.backoff * 2 ** (tries - 1))
                 continue
             if not _checkpoint(run, step_id, attempts, started, None, exc):
-                raise LeaseLost(run.workflow.id) from exc
+                raise _lost(run) from exc
             run.failed_step = (exc, step_id)
             raise
         finally:
@@ -569,9 +569,22 @@ def _adopt(run: Run, step_id: str) -> Any:
         .exists()
     )
     if step is None or not still_owner:
-        raise LeaseLost(run.workflow.id)
+        raise _lost(run)
     run.replay(step_id)
     return step.output
+
+
+def _lost(run: Run) -> LeaseLost | WorkflowCancelled:
+    """The error for a write the fence refused: the workflow was cancelled, or taken over."""
+    cancelled = (
+        Workflow.objects.using(run.store.alias)
+        .filter(pk=run.workflow.id, status=WorkflowStatus.CANCELLED)
+        .exists()
+    )
+    if cancelled:
+        run.workflow.status = WorkflowStatus.CANCELLED
+        return WorkflowCancelled(run.workflow.id)
+    return LeaseLost(run.workflow.id)
 
 
 def signature_of(func: Any) -> inspect.Signature:

@@ -18,7 +18,7 @@ import contextlib
 import datetime
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -533,6 +533,13 @@ class Store:
     def _notify(self, cursor: CursorWrapper, queue: str) -> None:
         if self.vendor == "postgresql":
             cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, queue])
+
+    def notify(self, queues: Iterable[str]) -> None:
+        """Wake the workers of ``queues`` (when the current transaction commits)."""
+        if self.vendor == "postgresql":
+            with self.connection.cursor() as cursor:
+                for queue in sorted(set(queues)):
+                    self._notify(cursor, queue)
 
     def renew(self, leases: list[tuple[int, uuid.UUID]], lease: float) -> int:
         """Extend the given leases; return how many were renewed."""

@@ -28,7 +28,7 @@ from django.db import DatabaseError, InterfaceError, connections, router
 
 from . import runtime
 from .conf import conf
-from .exceptions import LeaseLost, StorageError, UnknownWorkflow
+from .exceptions import LeaseLost, StorageError, UnknownWorkflow, WorkflowCancelled
 from .lease import Lease, process_owner
 from .models import Workflow, WorkflowStatus
 from .store import CHANNEL, Store, store_for
@@ -312,6 +312,8 @@ class Worker:
             runtime.run_claimed(claimed, self.store, lease)
         except LeaseLost:
             logger.warning("Workflow %s: lease lost to another process; stopped", label)
+        except WorkflowCancelled:
+            logger.info("Workflow %s was cancelled; stopped", label)
         except StorageError as exc:
             logger.warning("Workflow %s interrupted: %s", label, exc)
             _close_if_broken(self.alias)
