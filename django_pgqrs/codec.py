@@ -5,7 +5,9 @@ dict with str keys) are stored as themselves, so the guide's monitoring SQL and 
 operators see ordinary JSON. Other supported types are stored as a tagged object
 ``{"__pgqrs__": kind, "v": ...}`` and come back as the same type: tuple, set, frozenset, bytes,
 datetime, date, time, timedelta, Decimal, UUID, Enum members, dataclasses, floats that JSON cannot
-spell (nan, inf), and dicts whose keys are not all strings.
+spell (nan, inf) or that jsonb would turn into integers (1e+16), and dicts whose keys are not all
+strings. A dict whose key order jsonb would change also stores its order (``__pgqrs_order__``),
+so that it comes back in the order it was saved in.
 
 Dataclasses and Enums are found again by import path, so they must be defined at module level.
 Strings holding ``\\x00`` are refused on every database: PostgreSQL's jsonb cannot store them, and a
@@ -22,6 +24,7 @@ import enum
 import importlib
 import json
 import uuid
+from collections.abc import Iterable
 from typing import Any, TypeAlias
 
 from .exceptions import PayloadError
@@ -29,8 +32,12 @@ from .exceptions import PayloadError
 Json: TypeAlias = bool | int | float | str | list["Json"] | dict[str, "Json"] | None
 
 TAG = "__pgqrs__"
+_INF = float("inf")
 _PLAIN = (str, int, bool, type(None))
-_FLOAT_NAMES = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
+# PostgreSQL's jsonb keeps an object's keys in its own order (shorter first, then bytewise); a
+# dict whose keys are in another order carries its order under this key, so that a workflow
+# iterating over a dict sees the same order on a replay as on its first run.
+ORDER = "__pgqrs_order__"
 
 
 class _Unencodable(Exception):
@@ -103,8 +110,10 @@ def to_json(value: object) -> Json:
             raise _Unencodable(value, "a string holding the NUL character \\x00")
         return value  # type: ignore[return-value]
     if kind is float:
-        if value != value or value in (float("inf"), float("-inf")):
-            return {TAG: "float", "v": repr(value)}
+        text = repr(value)
+        # JSON has no nan or inf; jsonb turns 1e+16 into 10000000000000000, an int.
+        if value != value or value in (_INF, -_INF) or "e+" in text:
+            return {TAG: "float", "v": text}
         return value  # type: ignore[return-value]
     if kind is list:
         return _list(value)
@@ -125,7 +134,7 @@ def _list(items: Any) -> list[Json]:
 
 
 def _dict(mapping: dict[Any, Any]) -> Json:
-    if TAG in mapping or not all(type(key) is str for key in mapping):
+    if TAG in mapping or ORDER in mapping or not all(type(key) is str for key in mapping):
         return {TAG: "dict", "v": _list([key, item] for key, item in mapping.items())}
     out: dict[str, Json] = {}
     for key, item in mapping.items():
@@ -136,21 +145,35 @@ def _dict(mapping: dict[Any, Any]) -> Json:
         except _Unencodable as exc:
             exc.path.append(f"[{key!r}]")
             raise
+    if len(out) > 1 and not _in_jsonb_order(mapping):
+        out[ORDER] = list(mapping)
     return out
 
 
-def _class_path(cls: type) -> str:
+def _in_jsonb_order(keys: Iterable[str]) -> bool:
+    previous: tuple[int, str] | None = None
+    for key in keys:
+        # UTF-8 orders like code points, so only the length needs the encoded form.
+        current = (len(key) if key.isascii() else len(key.encode()), key)
+        if previous is not None and current < previous:
+            return False
+        previous = current
+    return True
+
+
+def _class_path(value: object) -> str:
+    cls = type(value)
     if "<locals>" in cls.__qualname__:
-        raise _Unencodable(cls, f"{cls.__qualname__} is defined inside a function")
+        raise _Unencodable(value, f"{cls.__qualname__} is defined inside a function")
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
 def _tagged(value: object) -> Json:
     if isinstance(value, enum.Enum):
-        return {TAG: "enum", "cls": _class_path(type(value)), "v": to_json(value.value)}
+        return {TAG: "enum", "cls": _class_path(value), "v": to_json(value.value)}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         fields = {field.name: getattr(value, field.name) for field in dataclasses.fields(value)}
-        return {TAG: "dataclass", "cls": _class_path(type(value)), "v": _dict(fields)}
+        return {TAG: "dataclass", "cls": _class_path(value), "v": _dict(fields)}
     if isinstance(value, datetime.datetime):
         return {TAG: "datetime", "v": value.isoformat()}
     if isinstance(value, datetime.date):
@@ -185,7 +208,10 @@ def _tagged(value: object) -> Json:
 def _object_hook(data: dict[str, Any]) -> Any:
     # Called by the JSON parser for every object, innermost first: nested values are decoded.
     tag = data.get(TAG)
-    return data if tag is None else _untag(tag, data)
+    if tag is not None:
+        return _untag(tag, data)
+    order = data.pop(ORDER, None)
+    return data if order is None else {key: data[key] for key in order}
 
 
 def _untag(tag: str, data: dict[str, Any]) -> Any:
@@ -213,7 +239,7 @@ def _untag(tag: str, data: dict[str, Any]) -> Any:
     if tag == "bytes":
         return base64.b64decode(raw)
     if tag == "float":
-        return _FLOAT_NAMES[raw]
+        return float(raw)
     if tag == "enum":
         return _load_class(data["cls"], enum.Enum)(raw)
     if tag == "dataclass":

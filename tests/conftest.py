@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import os
-import selectors
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ import pytest
 from django.db import connection
 
 from tests import workflows
+from tests.output import Output
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,6 +39,7 @@ class Processes:
         self.hold = tmp_path / "hold"
         self.started: list[subprocess.Popen[str]] = []
         self._stderr: dict[int, Path] = {}
+        self._outputs: dict[int, Output] = {}
 
     def env(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -65,8 +66,13 @@ class Processes:
                 text=True,
             )
         self._stderr[process.pid] = errors
+        self._outputs[process.pid] = Output(process)
         self.started.append(process)
         return process
+
+    def output(self, process: subprocess.Popen[str]) -> Output:
+        """The process's stdout, read line by line as it comes."""
+        return self._outputs[process.pid]
 
     def stderr_of(self, process: subprocess.Popen[str]) -> str:
         return self._stderr[process.pid].read_text()
@@ -98,22 +104,8 @@ class Processes:
         return self.trace.read_text().split() if self.trace.exists() else []
 
     def wait_for_line(self, process: subprocess.Popen[str], text: str, timeout: float = 30) -> str:
-        """Read the process's output until a line containing ``text``; return that line."""
-        assert process.stdout is not None
-        deadline = time.monotonic() + timeout
-        selector = selectors.DefaultSelector()
-        selector.register(process.stdout, selectors.EVENT_READ)
-        seen = []
-        while time.monotonic() < deadline:
-            if selector.select(timeout=0.1):
-                line = process.stdout.readline()
-                if not line and process.poll() is not None:
-                    break
-                seen.append(line)
-                if text in line:
-                    return line
-        stderr = self.stderr_of(process) if process.poll() is not None else ""
-        raise AssertionError(f"no line with {text!r} in {seen!r}; stderr: {stderr}")
+        """Wait for a line of the process's stdout containing ``text``; return that line."""
+        return self.output(process).wait_for(text, timeout)
 
     def stop_all(self) -> None:
         for process in self.started:
