@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .decorators import StepFunction, WorkflowFunction, step, workflow
+    from .enqueue import create_workflow, start_workflow
     from .exceptions import (
         DuplicateWorkflowName,
         InputMismatch,
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from .handles import WorkflowHandle
     from .models import StepStatus, Workflow, WorkflowStatus, WorkflowStep
     from .registry import get_workflow
-    from .runtime import create_workflow, resume, start_workflow
+    from .runtime import resume
 
 __all__ = [
     "DuplicateWorkflowName",
@@ -89,7 +90,8 @@ _HOMES = {
     "handles": ["WorkflowHandle"],
     "models": ["StepStatus", "Workflow", "WorkflowStatus", "WorkflowStep"],
     "registry": ["get_workflow"],
-    "runtime": ["create_workflow", "resume", "start_workflow"],
+    "enqueue": ["create_workflow", "start_workflow"],
+    "runtime": ["resume"],
 }
 _HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.core.checks import Error, Tags, register
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.db import connections, router
 
 from .conf import DEFAULTS
@@ -62,5 +62,31 @@ def check_database(databases: Any = None, **kwargs: Any) -> list[Error]:
         Error(
             f"django-pgqrs supports PostgreSQL and SQLite; database {alias!r} is {vendor}.",
             id="django_pgqrs.E005",
+        )
+    ]
+
+
+@register(Tags.compatibility)
+def check_sqlite_locking(**kwargs: Any) -> list[CheckMessage]:
+    from .models import Workflow
+
+    alias = router.db_for_write(Workflow) or "default"
+    return sqlite_locking(alias, settings.DATABASES.get(alias, {}))
+
+
+def sqlite_locking(alias: str, database: dict[str, Any]) -> list[CheckMessage]:
+    """Warn when the workflows' SQLite database does not take its write lock up front."""
+    if not database.get("ENGINE", "").endswith("sqlite3"):
+        return []
+    options = database.get("OPTIONS", {})
+    if str(options.get("transaction_mode", "")).upper() == "IMMEDIATE":
+        return []
+    return [
+        Warning(
+            f"Database {alias!r} is SQLite without 'transaction_mode': 'IMMEDIATE'; a worker and "
+            f"another process writing workflows at once may fail with 'database is locked'.",
+            hint="Set DATABASES[...]['OPTIONS'] = {'transaction_mode': 'IMMEDIATE', "
+            "'timeout': 20}.",
+            id="django_pgqrs.W001",
         )
     ]

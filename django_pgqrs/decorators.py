@@ -8,8 +8,9 @@ import inspect
 from collections.abc import Callable
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
-from . import registry, runtime
+from . import enqueue, registry, runtime
 from .handles import WorkflowHandle
+from .inputs import signature_of
 from .models import Workflow
 
 P = ParamSpec("P")
@@ -36,7 +37,7 @@ class WorkflowFunction(Generic[P, R]):
         functools.update_wrapper(self, func)
         self.func = func
         self.name = name
-        self.signature = runtime.signature_of(func)
+        self.signature = signature_of(func)
 
     def __call__(self, ctx: Workflow, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the workflow ``ctx`` to its end, replaying the steps it already finished."""
@@ -48,7 +49,7 @@ class WorkflowFunction(Generic[P, R]):
 
     def create(self, *args: P.args, **kwargs: P.kwargs) -> Workflow:
         """Save a PENDING workflow of this function; call the function with it to run it."""
-        return runtime.create_workflow(self.name, *args, **kwargs)
+        return enqueue.create_workflow(self.name, *args, **kwargs)
 
     def start(
         self,
@@ -64,7 +65,7 @@ class WorkflowFunction(Generic[P, R]):
         ``idempotency_key``, ``queue``, ``priority`` and ``run_at`` are options of the start,
         not arguments of the workflow.
         """
-        return runtime.start_workflow(
+        return enqueue.start_workflow(
             self.name,
             *args,
             idempotency_key=idempotency_key,
@@ -94,7 +95,7 @@ class StepFunction(Generic[P, R]):
         if retries < 0 or backoff < 0:
             raise ValueError(f"@step {name}: retries and backoff must not be negative.")
         functools.update_wrapper(self, func)
-        runtime.signature_of(func)
+        signature_of(func)
         self.func = func
         self.name = name
         self.retries = retries

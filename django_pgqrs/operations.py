@@ -4,15 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from django.db import router, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from .models import Workflow, WorkflowStatus
-from .store import store_for
-
-
-def _alias() -> str:
-    return router.db_for_write(Workflow) or "default"
+from .store import store_for, workflows_alias
 
 
 def requeue(workflow_ids: Iterable[int]) -> list[int]:
@@ -21,7 +17,7 @@ def requeue(workflow_ids: Iterable[int]) -> list[int]:
     A resumed workflow skips its finished steps and runs the failed one again. Others (running,
     finished, cancelled) are left as they are.
     """
-    alias = _alias()
+    alias = workflows_alias()
     with transaction.atomic(using=alias):
         rows = list(
             Workflow.objects.using(alias)
@@ -45,7 +41,7 @@ def cancel(workflow_ids: Iterable[int]) -> list[int]:
     A cancelled workflow never runs again. A process running one stops at its next checkpoint
     (its lease is taken away), raising ``WorkflowCancelled``.
     """
-    alias = _alias()
+    alias = workflows_alias()
     with transaction.atomic(using=alias):
         ids = list(
             Workflow.objects.using(alias)

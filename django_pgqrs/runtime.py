@@ -11,8 +11,6 @@ The engine knows nothing of workers or the admin; they call ``run_workflow`` and
 
 from __future__ import annotations
 
-import datetime
-import inspect
 import json
 import logging
 import threading
@@ -21,13 +19,12 @@ import traceback
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from django.db import router, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from . import codec, registry
 from .conf import conf
 from .exceptions import (
-    InputMismatch,
     LeaseLost,
     NonDeterministicWorkflow,
     PayloadError,
@@ -39,10 +36,10 @@ from .exceptions import (
     WorkflowMismatch,
     WorkflowNotFound,
 )
-from .handles import WorkflowHandle
+from .inputs import arguments, check_input, encode_input, saved_call
 from .lease import Lease, heartbeat, process_owner
 from .models import StepStatus, Workflow, WorkflowStatus
-from .store import Claimed, Store, store_for
+from .store import Claimed, Store, store_for, workflows_alias
 
 if TYPE_CHECKING:
     from .decorators import StepFunction, WorkflowFunction
@@ -123,91 +120,7 @@ def _error_text(exc: BaseException, step_id: str | None = None) -> str:
     return json.dumps(error_info(exc, step_id), ensure_ascii=False)
 
 
-# --- Inputs -------------------------------------------------------------------------------------
-
-
-def encode_input(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-    return codec.dump(
-        {"args": list(args), "kwargs": kwargs},
-        f"input of workflow {name!r}",
-        conf.MAX_PAYLOAD_BYTES,
-    )
-
-
-def _saved_call(workflow: Workflow) -> tuple[list[Any], dict[str, Any]]:
-    saved = workflow.input if isinstance(workflow.input, dict) else {}
-    return list(saved.get("args") or []), dict(saved.get("kwargs") or {})
-
-
-def _arguments(
-    definition: WorkflowFunction[..., Any], args: Any, kwargs: dict[str, Any]
-) -> dict[str, Any]:
-    bound = definition.signature.bind(None, *args, **kwargs)
-    bound.apply_defaults()
-    arguments = dict(bound.arguments)
-    arguments.pop(next(iter(definition.signature.parameters)))
-    return arguments
-
-
-def _check_input(
-    definition: WorkflowFunction[..., Any],
-    workflow: Workflow,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-) -> tuple[list[Any], dict[str, Any]]:
-    """Compare a call's arguments with the saved input; return the saved (decoded) arguments."""
-    saved_args, saved_kwargs = _saved_call(workflow)
-    called = codec.loads(encode_input(definition.name, args, kwargs))
-    try:
-        saved = _arguments(definition, saved_args, saved_kwargs)
-    except TypeError as exc:
-        raise InputMismatch(
-            f"Workflow {workflow.id} was saved with input {workflow.input!r}, which no longer fits "
-            f"the signature of {definition.name}: {exc}."
-        ) from None
-    if _arguments(definition, called["args"], called["kwargs"]) != saved:
-        raise InputMismatch(
-            f"Workflow {workflow.id} ({definition.name}) was created with arguments {saved!r}, "
-            f"but was called with {_arguments(definition, args, kwargs)!r}. Call it with the "
-            f"arguments it was created with, or create a new workflow for new arguments."
-        )
-    return saved_args, saved_kwargs
-
-
 # --- Workflows ----------------------------------------------------------------------------------
-
-
-def _alias() -> str:
-    return router.db_for_write(Workflow) or "default"
-
-
-def create_workflow(name: str, *args: Any, **kwargs: Any) -> Workflow:
-    """Save a new PENDING workflow of the registered workflow ``name`` and return its context.
-
-    Call the workflow function with the returned context to run it. Until then, for one lease
-    length, workers leave it alone. Raise ``UnknownWorkflow`` for an unregistered name and
-    ``TypeError`` if the arguments do not fit the function's signature.
-    """
-    definition = registry.get_workflow(name)
-    _arguments(definition, args, kwargs)
-    text = encode_input(name, args, kwargs)
-    store = store_for(_alias())
-    lease = conf.LEASE_SECONDS
-    inserted = store.insert(name=name, input_text=text, lease=lease, delay=lease)
-    assert inserted is not None  # no idempotency key, no conflict
-    workflow_id, created_at, run_at = inserted
-    workflow = Workflow(
-        id=workflow_id,
-        name=name,
-        status=WorkflowStatus.PENDING,
-        input=codec.loads(text),
-        created_at=created_at,
-        updated_at=created_at,
-        run_at=run_at,
-    )
-    workflow._state.adding = False
-    workflow._state.db = store.alias
-    return workflow
 
 
 def run_workflow(
@@ -239,8 +152,8 @@ def run_workflow(
         )
     if workflow.id in _running:
         raise WorkflowBusy(workflow.id, f"{process_owner()} (this process)", "it finishes")
-    saved_args, saved_kwargs = _check_input(definition, workflow, args, kwargs)
-    store = store_for(workflow._state.db or _alias())
+    saved_args, saved_kwargs = check_input(definition, workflow, args, kwargs)
+    store = store_for(workflow._state.db or workflows_alias())
     lease = Lease(store.alias, workflow.id)
     claimed = store.claim(
         workflow.id, definition.name, process_owner(), lease.token, conf.LEASE_SECONDS, force
@@ -258,9 +171,9 @@ def start_and_run(
     definition: WorkflowFunction[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
     """Create a workflow already owned by this process and run it: one statement to start."""
-    _arguments(definition, args, kwargs)
+    arguments(definition, args, kwargs)
     text = encode_input(definition.name, args, kwargs)
-    store = store_for(_alias())
+    store = store_for(workflows_alias())
     lease = Lease(store.alias, 0)
     inserted = store.insert(
         name=definition.name,
@@ -288,58 +201,6 @@ def start_and_run(
     return _execute(definition, Run(workflow, store, lease, {}), call["args"], call["kwargs"])
 
 
-def start_workflow(
-    name: str,
-    *args: Any,
-    idempotency_key: str | None = None,
-    queue: str = "default",
-    priority: int = 0,
-    run_at: datetime.datetime | datetime.timedelta | None = None,
-    **kwargs: Any,
-) -> WorkflowHandle:
-    """Save a PENDING workflow for a worker to run, and return a handle on it.
-
-    Inside ``transaction.atomic()`` the workflow is saved (and workers hear of it) only if the
-    transaction commits. A repeated ``idempotency_key`` returns the handle of the workflow saved
-    with it, saving nothing. Higher ``priority`` runs first; ``run_at`` (a datetime, or a delay
-    as a timedelta) defers the start. Raise ``UnknownWorkflow``, ``TypeError`` for arguments that
-    do not fit, ``WorkflowMismatch`` if the key belongs to a workflow of another name.
-    """
-    definition = registry.get_workflow(name)
-    _arguments(definition, args, kwargs)
-    if not isinstance(queue, str) or not 0 < len(queue) <= 64:
-        raise ValueError(f"queue must be a name of 1 to 64 characters, not {queue!r}.")
-    if isinstance(run_at, datetime.timedelta):
-        delay = run_at.total_seconds()
-    elif isinstance(run_at, datetime.datetime):
-        if timezone.is_naive(run_at):
-            raise ValueError("run_at must be an aware datetime (see django.utils.timezone).")
-        delay = (run_at - timezone.now()).total_seconds()
-    else:
-        delay = 0.0
-    text = encode_input(name, args, kwargs)
-    store = store_for(_alias())
-    inserted = store.insert(
-        name=name,
-        input_text=text,
-        lease=conf.LEASE_SECONDS,
-        delay=delay,
-        queue=queue,
-        priority=priority,
-        idempotency_key=idempotency_key,
-        notify=delay <= 0,
-    )
-    if inserted is not None:
-        return WorkflowHandle(inserted[0], store.alias)
-    existing = Workflow.objects.using(store.alias).get(idempotency_key=idempotency_key)
-    if existing.name != name:
-        raise WorkflowMismatch(
-            f"The idempotency key {idempotency_key!r} belongs to workflow {existing.id}, a "
-            f"{existing.name!r} workflow, not {name!r}."
-        )
-    return WorkflowHandle(existing.id, store.alias)
-
-
 def run_claimed(claimed: Claimed, store: Store, lease: Lease) -> Any:
     """Run a workflow a worker has claimed (``store.claim_next``) to its end; return its result.
 
@@ -365,7 +226,7 @@ def run_claimed(claimed: Claimed, store: Store, lease: Lease) -> Any:
     except PayloadError as exc:
         store.end(workflow.id, lease.token, WorkflowStatus.ERROR, error=_error_text(exc))
         raise
-    args, kwargs = _saved_call(workflow)
+    args, kwargs = saved_call(workflow)
     return _execute(definition, Run(workflow, store, lease, claimed.steps), args, kwargs)
 
 
@@ -375,13 +236,13 @@ def resume(workflow_id: int, *, force: bool = False) -> Any:
     Raise ``WorkflowNotFound``, ``UnknownWorkflow`` if its name is not registered, and what
     ``run_workflow`` raises.
     """
-    alias = _alias()
+    alias = workflows_alias()
     try:
         workflow = Workflow.objects.using(alias).get(pk=workflow_id)
     except (Workflow.DoesNotExist, ValueError):
         raise WorkflowNotFound(workflow_id) from None
     definition = registry.get_workflow(workflow.name)
-    args, kwargs = _saved_call(workflow)
+    args, kwargs = saved_call(workflow)
     return run_workflow(definition, workflow, tuple(args), kwargs, force=force)
 
 
@@ -585,12 +446,3 @@ def _lost(run: Run) -> LeaseLost | WorkflowCancelled:
         run.workflow.status = WorkflowStatus.CANCELLED
         return WorkflowCancelled(run.workflow.id)
     return LeaseLost(run.workflow.id)
-
-
-def signature_of(func: Any) -> inspect.Signature:
-    signature = inspect.signature(func)
-    if not signature.parameters:
-        raise TypeError(
-            f"{func.__qualname__} must take the workflow context as its first parameter."
-        )
-    return signature

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import InterfaceError, OperationalError, connections, transaction
+from django.db import InterfaceError, OperationalError, connections, router, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.utils import CursorWrapper
 from django.utils import timezone
@@ -31,7 +31,7 @@ from django.utils.dateparse import parse_datetime
 from .codec import loads
 from .conf import conf
 from .exceptions import StorageError
-from .models import WorkflowStatus
+from .models import Workflow, WorkflowStatus
 
 # Workers LISTEN on this channel; a commit that makes a workflow due NOTIFYs it with the queue.
 CHANNEL = "django_pgqrs"
@@ -553,6 +553,11 @@ class Store:
         with self._executing() as cursor:
             cursor.execute(self.sql_renew, params)
             return int(cursor.rowcount)
+
+
+def workflows_alias() -> str:
+    """Return the alias of the database that holds the workflow tables (see the routers)."""
+    return router.db_for_write(Workflow) or "default"
 
 
 _stores: dict[str, Store] = {}

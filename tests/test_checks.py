@@ -18,6 +18,8 @@ def check_ids(pgqrs: Any) -> list[str]:
         return [error.id for error in check_settings()]
 
 
+# The model checks of JSONField ask SQLite what it supports.
+@pytest.mark.django_db
 def test_check_passes_with_the_test_settings():
     out = StringIO()
     call_command("check", stdout=out)
@@ -40,6 +42,8 @@ def test_settings_that_are_not_a_dict_are_reported():
     assert check_ids([("LEASE_SECONDS", 3)]) == ["django_pgqrs.E001"]
 
 
+# The model checks of JSONField ask SQLite what it supports.
+@pytest.mark.django_db
 def test_an_unknown_key_is_reported_through_manage_py_check():
     with override_settings(PGQRS={"LEASE_SECONDZ": 3}), pytest.raises(SystemCheckError) as caught:
         call_command("check")
@@ -69,6 +73,8 @@ def test_a_value_that_is_not_a_positive_number_is_reported(pgqrs):
     assert check_ids(pgqrs) == ["django_pgqrs.E003"]
 
 
+# The model checks of JSONField ask SQLite what it supports.
+@pytest.mark.django_db
 def test_a_non_positive_value_is_reported_through_manage_py_check():
     with override_settings(PGQRS={"LEASE_SECONDS": 0}), pytest.raises(SystemCheckError) as caught:
         call_command("check")
@@ -90,9 +96,21 @@ def test_a_heartbeat_not_shorter_than_the_lease_is_reported(pgqrs):
     assert check_ids(pgqrs) == ["django_pgqrs.E004"]
 
 
+# The model checks of JSONField ask SQLite what it supports.
+@pytest.mark.django_db
 def test_a_heartbeat_not_shorter_than_the_lease_is_reported_through_manage_py_check():
     with (
         override_settings(PGQRS={"LEASE_SECONDS": 3, "HEARTBEAT_SECONDS": 3}),
         pytest.raises(SystemCheckError, match=r"django_pgqrs\.E004"),
     ):
         call_command("check")
+
+
+def test_sqlite_without_immediate_transactions_gets_a_warning():
+    from django_pgqrs.checks import sqlite_locking
+
+    sqlite = {"ENGINE": "django.db.backends.sqlite3", "NAME": "x.sqlite3"}
+    assert [m.id for m in sqlite_locking("default", sqlite)] == ["django_pgqrs.W001"]
+    immediate = {**sqlite, "OPTIONS": {"transaction_mode": "IMMEDIATE", "timeout": 20}}
+    assert sqlite_locking("default", immediate) == []
+    assert sqlite_locking("default", {"ENGINE": "django.db.backends.postgresql"}) == []

@@ -1,0 +1,97 @@
+"""Saving workflows: to run here (``create_workflow``) or by a worker (``start_workflow``)."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from django.utils import timezone
+
+from . import codec, registry
+from .conf import conf
+from .exceptions import WorkflowMismatch
+from .handles import WorkflowHandle
+from .inputs import arguments, encode_input
+from .models import Workflow, WorkflowStatus
+from .store import store_for, workflows_alias
+
+
+def create_workflow(name: str, *args: Any, **kwargs: Any) -> Workflow:
+    """Save a new PENDING workflow of the registered workflow ``name`` and return its context.
+
+    Call the workflow function with the returned context to run it. Until then, for one lease
+    length, workers leave it alone. Raise ``UnknownWorkflow`` for an unregistered name and
+    ``TypeError`` if the arguments do not fit the function's signature.
+    """
+    definition = registry.get_workflow(name)
+    arguments(definition, args, kwargs)
+    text = encode_input(name, args, kwargs)
+    store = store_for(workflows_alias())
+    lease = conf.LEASE_SECONDS
+    inserted = store.insert(name=name, input_text=text, lease=lease, delay=lease)
+    assert inserted is not None  # no idempotency key, no conflict
+    workflow_id, created_at, run_at = inserted
+    workflow = Workflow(
+        id=workflow_id,
+        name=name,
+        status=WorkflowStatus.PENDING,
+        input=codec.loads(text),
+        created_at=created_at,
+        updated_at=created_at,
+        run_at=run_at,
+    )
+    workflow._state.adding = False
+    workflow._state.db = store.alias
+    return workflow
+
+
+def start_workflow(
+    name: str,
+    *args: Any,
+    idempotency_key: str | None = None,
+    queue: str = "default",
+    priority: int = 0,
+    run_at: datetime.datetime | datetime.timedelta | None = None,
+    **kwargs: Any,
+) -> WorkflowHandle:
+    """Save a PENDING workflow for a worker to run, and return a handle on it.
+
+    Inside ``transaction.atomic()`` the workflow is saved (and workers hear of it) only if the
+    transaction commits. A repeated ``idempotency_key`` returns the handle of the workflow saved
+    with it, saving nothing. Higher ``priority`` runs first; ``run_at`` (a datetime, or a delay
+    as a timedelta) defers the start. Raise ``UnknownWorkflow``, ``TypeError`` for arguments that
+    do not fit, ``WorkflowMismatch`` if the key belongs to a workflow of another name.
+    """
+    definition = registry.get_workflow(name)
+    arguments(definition, args, kwargs)
+    if not isinstance(queue, str) or not 0 < len(queue) <= 64:
+        raise ValueError(f"queue must be a name of 1 to 64 characters, not {queue!r}.")
+    if isinstance(run_at, datetime.timedelta):
+        delay = run_at.total_seconds()
+    elif isinstance(run_at, datetime.datetime):
+        if timezone.is_naive(run_at):
+            raise ValueError("run_at must be an aware datetime (see django.utils.timezone).")
+        delay = (run_at - timezone.now()).total_seconds()
+    else:
+        delay = 0.0
+    text = encode_input(name, args, kwargs)
+    store = store_for(workflows_alias())
+    inserted = store.insert(
+        name=name,
+        input_text=text,
+        lease=conf.LEASE_SECONDS,
+        delay=delay,
+        queue=queue,
+        priority=priority,
+        idempotency_key=idempotency_key,
+        notify=delay <= 0,
+    )
+    if inserted is not None:
+        return WorkflowHandle(inserted[0], store.alias)
+    existing = Workflow.objects.using(store.alias).get(idempotency_key=idempotency_key)
+    if existing.name != name:
+        raise WorkflowMismatch(
+            f"The idempotency key {idempotency_key!r} belongs to workflow {existing.id}, a "
+            f"{existing.name!r} workflow, not {name!r}."
+        )
+    return WorkflowHandle(existing.id, store.alias)
