@@ -310,29 +310,31 @@ class Store:
     def connection(self) -> BaseDatabaseWrapper:
         return connections[self.alias]
 
-    def cursor(self) -> CursorWrapper:
-        """A cursor of Django's connection; on PostgreSQL one whose statements are prepared.
+    def _prepared_cursor(self) -> CursorWrapper:
+        """A cursor of Django's PostgreSQL connection whose statements are prepared.
 
         Django's own cursors bind parameters on the client, so the server parses and plans every
         statement anew; these statements run on every step, and preparing them once per
-        connection saves a fifth of each one's cost. The cursor is still wrapped by Django, so
-        query logging and ``connection.execute_wrapper`` see it.
+        connection saves a fifth of each one's cost. The cursor is wrapped by Django, so query
+        logging and ``connection.execute_wrapper`` see it, and kept with the connection.
         """
         connection = self.connection
-        if self.vendor != "postgresql" or not conf.PREPARED_STATEMENTS:
-            return connection.cursor()
         connection.close_if_health_check_failed()
         connection.ensure_connection()
-        connection.validate_thread_sharing()
         pg_connection = connection.connection
+        logged = connection.queries_logged
+        kept = getattr(connection, "_pgqrs_cursor", None)
+        if kept is not None and kept[0] is pg_connection and kept[1] == logged:
+            return kept[2]  # type: ignore[no-any-return]
+        connection.validate_thread_sharing()
         if pg_connection.prepare_threshold is None:
             # Django turns preparing off (None), and psycopg then ignores prepare=True too. A
             # threshold no statement reaches keeps Django's own statements unprepared.
             pg_connection.prepare_threshold = _NEVER
         raw: Any = _PreparedCursor(pg_connection)
-        if connection.queries_logged:
-            return connection.make_debug_cursor(raw)
-        return connection.make_cursor(raw)
+        cursor = connection.make_debug_cursor(raw) if logged else connection.make_cursor(raw)
+        connection._pgqrs_cursor = (pg_connection, logged, cursor)  # type: ignore[attr-defined]
+        return cursor
 
     @contextlib.contextmanager
     def _executing(self) -> Iterator[CursorWrapper]:
@@ -342,10 +344,14 @@ class Store:
         lock when the database is configured with ``"transaction_mode": "IMMEDIATE"``.
         """
         try:
-            with contextlib.ExitStack() as stack:
-                if self.vendor == "sqlite":
-                    stack.enter_context(transaction.atomic(using=self.alias))
-                yield stack.enter_context(self.cursor())
+            if self.vendor == "postgresql" and conf.PREPARED_STATEMENTS:
+                yield self._prepared_cursor()
+            elif self.vendor == "sqlite":
+                with transaction.atomic(using=self.alias), self.connection.cursor() as cursor:
+                    yield cursor
+            else:
+                with self.connection.cursor() as cursor:
+                    yield cursor
         except (OperationalError, InterfaceError) as exc:
             raise StorageError(self.alias, exc) from exc
 
