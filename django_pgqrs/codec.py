@@ -81,7 +81,15 @@ def loads(text: str | bytes | None) -> Any:
     """Decode JSON text written by ``dump`` back into Python values."""
     if text is None:
         return None
-    return json.loads(text, object_hook=_object_hook)
+    return _DECODER.decode(text if isinstance(text, str) else text.decode())
+
+
+class PayloadDecoder(json.JSONDecoder):
+    """JSON decoder for model fields: rebuilds the values ``dump`` tagged."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["object_hook"] = _object_hook
+        super().__init__(*args, **kwargs)
 
 
 class PayloadEncoder(json.JSONEncoder):
@@ -92,14 +100,6 @@ class PayloadEncoder(json.JSONEncoder):
             return super().encode(to_json(o))
         except _Unencodable as exc:
             raise TypeError(f"{type(exc.value).__qualname__} cannot be stored as JSON") from None
-
-
-class PayloadDecoder(json.JSONDecoder):
-    """JSON decoder for model fields: rebuilds the values ``dump`` tagged."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["object_hook"] = _object_hook
-        super().__init__(*args, **kwargs)
 
 
 def to_json(value: object) -> Json:
@@ -275,3 +275,6 @@ def _dataclass(cls: type, values: dict[str, Any]) -> Any:
         if not field.init and field.name in values:
             object.__setattr__(obj, field.name, values[field.name])
     return obj
+
+
+_DECODER = PayloadDecoder()
