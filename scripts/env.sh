@@ -28,10 +28,16 @@ venv() {
   local stamp
   stamp="$(cat "$ROOT/pyproject.toml" <(echo "$*") | sha256sum | cut -c1-16)"
   if [ ! -f "$dir/.stamp-$stamp" ]; then
+    echo "Installing into .venv/$name ..." >&2
     rm -rf "$dir"
     "$python" -m venv "$dir" >&2
-    "$dir/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >&2
-    "$dir/bin/python" -m pip install --quiet --disable-pip-version-check "$@" >&2
+    # pip's chatter goes to a log, shown only if the installation fails.
+    if ! { "$dir/bin/python" -m pip install --disable-pip-version-check --upgrade pip &&
+           "$dir/bin/python" -m pip install --disable-pip-version-check "$@"; } > "$dir.log" 2>&1; then
+      cat "$dir.log" >&2
+      echo "Installing into .venv/$name failed (log above)." >&2
+      return 1
+    fi
     touch "$dir/.stamp-$stamp"
   fi
   echo "$dir/bin/python"
