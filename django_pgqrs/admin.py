@@ -74,35 +74,9 @@ class WorkflowAdmin(ReadOnlyMixin, WorkflowAdminBase):
     date_hierarchy = "created_at"
     inlines = [WorkflowStepInline]
     actions = ["resume_workflows", "cancel_workflows"]
-    fieldsets = [
-        (None, {"fields": ["id", "name", "status", "queue", "priority", "run_at", "parent"]}),
-        ("Data", {"fields": ["input_json", "result_json", "error_json"]}),
-        (
-            "Execution",
-            {
-                "fields": [
-                    "attempts",
-                    "recovery_attempts",
-                    "lease_owner",
-                    "lease_expires_at",
-                    "idempotency_key",
-                    "created_at",
-                    "updated_at",
-                ]
-            },
-        ),
-    ]
-    readonly_fields = [
-        "id",
-        "name",
-        "status",
-        "queue",
-        "priority",
-        "run_at",
-        "parent",
-        "input_json",
-        "result_json",
-        "error_json",
+    _main = ("id", "name", "status", "queue", "priority", "run_at", "parent")
+    _data = ("input_json", "result_json", "error_json")
+    _execution = (
         "attempts",
         "recovery_attempts",
         "lease_owner",
@@ -110,7 +84,13 @@ class WorkflowAdmin(ReadOnlyMixin, WorkflowAdminBase):
         "idempotency_key",
         "created_at",
         "updated_at",
+    )
+    fieldsets = [
+        (None, {"fields": _main}),
+        ("Data", {"fields": _data}),
+        ("Execution", {"fields": _execution}),
     ]
+    readonly_fields = _main + _data + _execution
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Workflow]:
         return super().get_queryset(request).annotate(step_count=Count("steps"))

@@ -9,6 +9,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from testproject import settings as demo_settings
+
 SECRET_KEY = "tests"
 USE_TZ = True
 TIME_ZONE = "UTC"
@@ -25,26 +27,10 @@ INSTALLED_APPS = [
     "tests",
 ]
 
-MIDDLEWARE = [
-    "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
-]
+# The demo project's middleware and templates, for the admin.
+MIDDLEWARE = demo_settings.MIDDLEWARE
+TEMPLATES = demo_settings.TEMPLATES
 ROOT_URLCONF = "testproject.urls"
-TEMPLATES = [
-    {
-        "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "APP_DIRS": True,
-        "OPTIONS": {
-            "context_processors": [
-                "django.template.context_processors.request",
-                "django.contrib.auth.context_processors.auth",
-                "django.contrib.messages.context_processors.messages",
-            ]
-        },
-    }
-]
 
 DB = os.environ.get("PGQRS_TEST_DB", "postgres")
 CHILD_DB_NAME = os.environ.get("PGQRS_TEST_DB_NAME")
