@@ -5,8 +5,10 @@
 Uses DATABASE_URL (default postgres://postgres@127.0.0.1:5432/pgqrs_bench, created if missing;
 its workflows are deleted). Prints workflows/s, steps/s, SQL statements and write statements per
 workflow, and the cost of one workflow as a multiple of one raw psycopg INSERT + COMMIT measured
-in the same run on the same server. Rounds alternate floor and workflows, so that drift in the
-machine hits both alike; the medians are printed.
+in the same run on the same server. "sql alone" sends the engine's five statements of a ``run``
+workflow through raw psycopg: the cost of the SQL itself, without Python, Django or the engine.
+Rounds alternate floor and workflows, so that drift in the machine hits both alike; the medians
+are printed.
 """
 
 from __future__ import annotations
@@ -44,6 +46,72 @@ def create_then_call(count: int) -> float:
     return (time.perf_counter() - start) / count
 
 
+def sql_alone(count: int) -> float:
+    """Seconds per workflow for the engine's own five statements sent by raw psycopg (prepared).
+
+    The part of a workflow's cost that is the SQL itself; the rest is Python: Django's cursor,
+    the engine, the encoding.
+    """
+    import datetime
+    import json
+    import uuid
+
+    import psycopg
+    from django.db import connection
+
+    from django_pgqrs.store import store_for
+
+    store = store_for("default")
+    settings = connection.settings_dict
+    raw = psycopg.connect(
+        host=settings["HOST"],
+        port=settings["PORT"] or 5432,
+        user=settings["USER"],
+        password=settings["PASSWORD"],
+        dbname=settings["NAME"],
+        autocommit=True,
+    )
+    output = json.dumps({"n": 1, "records": [{"id": 1, "name": "Alice"}, {"id": 2, "name": "Bob"}]})
+    with raw:
+        start = time.perf_counter()
+        for n in range(count):
+            token = uuid.uuid4()
+            insert = {
+                "name": "bench_three_steps",
+                "status": "RUNNING",
+                "input": json.dumps({"args": [n], "kwargs": {}}),
+                "owner": "bench",
+                "token": token,
+                "lease": 30.0,
+                "delay": 0.0,
+                "queue": "default",
+                "priority": 0,
+                "idempotency_key": None,
+                "parent_id": None,
+            }
+            workflow_id = raw.execute(store.sql_insert, insert, prepare=True).fetchone()[0]
+            for position, step_id in enumerate(("fetch", "transform", "save"), 1):
+                now = datetime.datetime.now(datetime.UTC)
+                checkpoint = {
+                    "id": workflow_id,
+                    "token": token,
+                    "lease": 30.0,
+                    "step_id": step_id,
+                    "position": position,
+                    "status": "SUCCESS",
+                    "output": output,
+                    "error": None,
+                    "attempts": 1,
+                    "started_at": now,
+                    "completed_at": now,
+                }
+                raw.execute(store.sql_checkpoint, checkpoint, prepare=True).fetchone()
+            end = {"id": workflow_id, "token": token, "status": "SUCCESS", "lease": 0.0}
+            end.update(result='"saved 2"', error=None)
+            raw.execute(store.sql_end, end, prepare=True).fetchone()
+        return (time.perf_counter() - start) / count
+
+
 def statements(path: Callable[[int], float]) -> Counter:
     from django.db import connection
 
@@ -62,7 +130,7 @@ def main() -> None:
     from django.db import connection
 
     count = args.workflows
-    paths = {"run": common.inline, "create+call": create_then_call}
+    paths = {"run": common.inline, "create+call": create_then_call, "sql alone": sql_alone}
     common.floor(50)
     for path in paths.values():  # warm up connections and caches
         path(50)
@@ -84,7 +152,7 @@ def main() -> None:
     )
     for name, path in paths.items():
         median = statistics.median(seconds[name])
-        sql = statements(path)
+        sql = statements(path) if path is not sql_alone else statements(common.inline)
         print(
             f"{name:<12} {1 / median:>7.0f} {3 / median:>8.0f} {median * 1e6:>7.0f} "
             f"{sql.statements:>9} {sql.writes:>10} {median / base:>8.2f}"
