@@ -4,11 +4,12 @@
 
 Uses DATABASE_URL (default postgres://postgres@127.0.0.1:5432/pgqrs_bench, created if missing;
 its workflows are deleted). For each number of worker processes: enqueues the 3-step workflows,
-starts that many `pgqrs_worker --burst` processes, and times from their start until every
-workflow succeeded (process start-up included). Prints workflows/s and the ratio to the inline
-rate (`fn.run`, as bench/checkpoint.py measures it) in the same run. Then, with one idle worker
-listening, enqueues workflows one at a time and prints the enqueue-to-first-step latency, p50
-and p99.
+starts that many `pgqrs_worker --burst` processes, and times them from their start to their exit
+(process start-up included), and from the first step's start to the last workflow's end (the
+"running" columns: the rate once the workers are up). Prints workflows/s and the ratio to the
+inline rate (`fn.run`, as bench/checkpoint.py measures it) in the same run. Then, with one
+idle worker listening, enqueues workflows one at a time and prints the enqueue-to-first-step
+latency, p50 and p99.
 """
 
 from __future__ import annotations
@@ -35,10 +36,16 @@ def worker_env() -> dict[str, str]:
     )
 
 
-def drain(workflows: int, processes: int, concurrency: int) -> float:
-    """Seconds for ``processes`` burst workers to run ``workflows`` queued workflows."""
+def drain(workflows: int, processes: int, concurrency: int) -> tuple[float, float]:
+    """Seconds for ``processes`` burst workers to run ``workflows`` queued workflows.
+
+    Return the time from starting the processes to their exit, and the time from the first
+    step's start to the last workflow's end (the rate once the workers are up).
+    """
+    from django.db.models import Max, Min
+
     from bench.benchapp.workflows import three_steps
-    from django_pgqrs.models import Workflow
+    from django_pgqrs.models import Workflow, WorkflowStep
 
     common.reset()
     for n in range(workflows):
@@ -59,7 +66,9 @@ def drain(workflows: int, processes: int, concurrency: int) -> float:
     done = Workflow.objects.filter(status="SUCCESS").count()
     if done != workflows:
         raise SystemExit(f"only {done} of {workflows} workflows succeeded")
-    return elapsed
+    first = WorkflowStep.objects.aggregate(first=Min("started_at"))["first"]
+    last = Workflow.objects.aggregate(last=Max("updated_at"))["last"]
+    return elapsed, (last - first).total_seconds()
 
 
 def latency(samples: int) -> list[float]:
@@ -102,11 +111,17 @@ def main() -> None:
         f"{args.concurrency} thread(s) per worker process"
     )
     print(f"inline (fn.run, one process): {1 / inline:.0f} workflows/s")
-    print(f"{'processes':>9} {'seconds':>8} {'wf/s':>7} {'x inline':>9}")
+    print(
+        f"{'processes':>9} {'seconds':>8} {'wf/s':>7} {'x inline':>9} "
+        f"{'running':>8} {'wf/s':>7} {'x inline':>9}"
+    )
     for processes in [int(n) for n in args.processes.split(",")]:
-        seconds = drain(args.workflows, processes, args.concurrency)
-        rate = args.workflows / seconds
-        print(f"{processes:>9} {seconds:>8.2f} {rate:>7.0f} {rate * inline:>9.2f}")
+        seconds, running = drain(args.workflows, processes, args.concurrency)
+        rate, steady = args.workflows / seconds, args.workflows / running
+        print(
+            f"{processes:>9} {seconds:>8.2f} {rate:>7.0f} {rate * inline:>9.2f} "
+            f"{running:>8.2f} {steady:>7.0f} {steady * inline:>9.2f}"
+        )
     times = sorted(latency(args.samples))
     p50 = statistics.median(times)
     p99 = times[min(len(times) - 1, int(len(times) * 0.99))]
