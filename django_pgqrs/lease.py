@@ -36,6 +36,15 @@ def process_owner() -> str:
     return _owner[1]
 
 
+def owner_name() -> str:
+    """Name the calling thread as a lease owner: ``host:pid``, plus ``:thread id`` off the main
+    thread, so that two threads of one process never take each other's workflow for their own.
+    """
+    if threading.current_thread() is threading.main_thread():
+        return process_owner()
+    return f"{process_owner()}:{threading.get_native_id()}"
+
+
 @dataclass(eq=False)
 class Lease:
     """One lease this process holds."""

@@ -37,7 +37,7 @@ from .exceptions import (
     WorkflowNotFound,
 )
 from .inputs import arguments, check_input, encode_input, saved_call
-from .lease import Lease, heartbeat, process_owner
+from .lease import Lease, heartbeat, owner_name, process_owner
 from .models import StepStatus, Workflow, WorkflowStatus
 from .store import Claimed, Store, store_for, workflows_alias
 
@@ -156,7 +156,7 @@ def run_workflow(
     store = store_for(workflow._state.db or workflows_alias())
     lease = Lease(store.alias, workflow.id)
     claimed = store.claim(
-        workflow.id, definition.name, process_owner(), lease.token, conf.LEASE_SECONDS, force
+        workflow.id, definition.name, owner_name(), lease.token, conf.LEASE_SECONDS, force
     )
     if claimed is None:
         return _unclaimable(workflow, store)
@@ -179,7 +179,7 @@ def start_and_run(
         name=definition.name,
         input_text=text,
         lease=conf.LEASE_SECONDS,
-        owner=process_owner(),
+        owner=owner_name(),
         token=lease.token,
     )
     assert inserted is not None  # no idempotency key, no conflict

@@ -83,8 +83,9 @@ SELECT inserted.*, pg_notify('{channel}', %(queue)s) FROM inserted
 
 _CLAIMED_COLUMNS = "workflow_id, name, input, attempts, recovery_attempts"
 
-# Take the workflow if nobody holds a live lease on it. A workflow whose lease expired while
-# RUNNING is a recovery: its owner died (or hung) and this process takes it over.
+# Take the workflow if nobody holds a live lease on it, or if this very thread holds it (a run
+# here ended without giving it back: the database went away). A workflow whose lease expired
+# while RUNNING is a recovery: its owner died (or hung) and this process takes it over.
 _CLAIM = """
 UPDATE pgqrs_workflows SET
     status = 'RUNNING', lease_owner = %(owner)s{text}, lease_token = %(token)s{uuid},

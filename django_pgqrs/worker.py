@@ -29,7 +29,7 @@ from django.db import DatabaseError, InterfaceError, connections, router
 from . import runtime
 from .conf import conf
 from .exceptions import LeaseLost, StorageError, UnknownWorkflow, WorkflowCancelled
-from .lease import Lease, process_owner
+from .lease import Lease, owner_name, process_owner
 from .models import Workflow, WorkflowStatus
 from .store import CHANNEL, Store, store_for
 
@@ -292,7 +292,7 @@ class Worker:
         lease = Lease(self.alias, 0)
         try:
             claimed = self.store.claim_next(
-                self.queues, process_owner(), lease.token, conf.LEASE_SECONDS
+                self.queues, owner_name(), lease.token, conf.LEASE_SECONDS
             )
         except StorageError as exc:
             logger.warning("Could not claim a workflow: %s", exc)

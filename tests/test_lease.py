@@ -151,3 +151,31 @@ def test_a_heartbeat_extends_the_lease_of_a_held_workflow_and_nothing_else():
     assert after[held.id].updated_at == before[held.id].updated_at  # renewal is not progress
     assert after[held.id].lease_token == tokens[held.id]
     assert after[other.id].lease_expires_at == soon  # its token is not the one held
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_lease_held_by_another_thread_of_this_process_is_respected():
+    ctx = create_workflow("add_three", 1)
+    other_thread = f"{process_owner()}:999999"
+    Workflow.objects.filter(pk=ctx.id).update(
+        status="RUNNING",
+        lease_owner=other_thread,
+        lease_token=uuid.uuid4(),
+        lease_expires_at=timezone.now() + datetime.timedelta(seconds=30),
+    )
+    with pytest.raises(WorkflowBusy, match=other_thread):
+        workflows.add_three(ctx, 1)
+    assert runs == {}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_this_thread_takes_back_a_lease_it_left_behind():
+    """As after a run here lost its database connection before it could give the lease back."""
+    ctx = create_workflow("add_three", 1)
+    Workflow.objects.filter(pk=ctx.id).update(
+        status="RUNNING",
+        lease_owner=process_owner(),  # this process's main thread, which runs the tests
+        lease_token=uuid.uuid4(),
+        lease_expires_at=timezone.now() + datetime.timedelta(seconds=30),
+    )
+    assert workflows.add_three(ctx, 1) == 4
