@@ -58,3 +58,17 @@ ensure_postgres() {
   echo "PostgreSQL is not reachable on $host:$port (set PGHOST/PGPORT/PGUSER)." >&2
   return 1
 }
+
+# Install Debian's Chromium for the admin's browser test, if it is missing and we may (root).
+ensure_chromium() {
+  if [ -x /usr/bin/chromium ]; then return 0; fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "Installing chromium (apt) for the admin's browser test ..." >&2
+    if { apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }; } \
+        > /tmp/pgqrs-apt.log 2>&1; then
+      return 0
+    fi
+    echo "Could not install chromium (see /tmp/pgqrs-apt.log); the browser test will skip." >&2
+  fi
+  return 0
+}

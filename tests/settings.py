@@ -31,6 +31,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = demo_settings.MIDDLEWARE
 TEMPLATES = demo_settings.TEMPLATES
 ROOT_URLCONF = "testproject.urls"
+STATIC_URL = "static/"
 
 DB = os.environ.get("PGQRS_TEST_DB", "postgres")
 CHILD_DB_NAME = os.environ.get("PGQRS_TEST_DB_NAME")
