@@ -56,23 +56,11 @@ def sql_alone(count: int) -> float:
     import json
     import uuid
 
-    import psycopg
-    from django.db import connection
-
     from django_pgqrs.store import store_for
 
     store = store_for("default")
-    settings = connection.settings_dict
-    raw = psycopg.connect(
-        host=settings["HOST"],
-        port=settings["PORT"] or 5432,
-        user=settings["USER"],
-        password=settings["PASSWORD"],
-        dbname=settings["NAME"],
-        autocommit=True,
-    )
     output = json.dumps({"n": 1, "records": [{"id": 1, "name": "Alice"}, {"id": 2, "name": "Bob"}]})
-    with raw:
+    with common.raw_connection() as raw:
         start = time.perf_counter()
         for n in range(count):
             token = uuid.uuid4()

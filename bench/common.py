@@ -6,6 +6,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "testproject")]
@@ -52,13 +53,13 @@ def reset() -> None:
     connection.ops.execute_sql_flush(connection.ops.sql_flush(no_style(), tables))
 
 
-def floor(count: int) -> float:
-    """Seconds per raw psycopg INSERT + COMMIT (autocommit) of a small jsonb row."""
+def raw_connection() -> Any:
+    """A plain psycopg connection (autocommit) to the benchmark database, outside Django."""
     import psycopg
     from django.db import connection
 
     settings = connection.settings_dict
-    raw = psycopg.connect(
+    return psycopg.connect(
         host=settings["HOST"],
         port=settings["PORT"] or 5432,
         user=settings["USER"],
@@ -66,7 +67,11 @@ def floor(count: int) -> float:
         dbname=settings["NAME"],
         autocommit=True,
     )
-    with raw:
+
+
+def floor(count: int) -> float:
+    """Seconds per raw psycopg INSERT + COMMIT (autocommit) of a small jsonb row."""
+    with raw_connection() as raw:
         raw.execute(
             "CREATE TABLE IF NOT EXISTS pgqrs_bench_floor (id bigserial PRIMARY KEY, v jsonb)"
         )
