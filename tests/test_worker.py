@@ -158,7 +158,7 @@ def test_a_killed_worker_is_replaced_and_finished_steps_do_not_run_again(process
 
 
 def test_many_workers_run_every_workflow_exactly_once(processes):
-    count = 400 if connection.vendor == "postgresql" else 100
+    count = 500 if connection.vendor == "postgresql" else 100
     handles = [worker_three.start(n) for n in range(count)]
     workers = [processes.start("pgqrs_worker", "--burst", "--concurrency", "2") for _ in range(4)]
     for worker in workers:
