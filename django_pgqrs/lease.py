@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -87,13 +88,14 @@ class Heartbeat:
 
     def _loop(self) -> None:
         while True:
+            # Clear before looking: a hold() from now on sets it again, and is not missed.
+            self._wake.clear()
             if not self.held():
                 # Idle: hold no database connection while there is nothing to renew.
                 connections.close_all()
-                self._wake.clear()
                 self._wake.wait()
                 continue
-            threading.Event().wait(conf.HEARTBEAT_SECONDS)
+            time.sleep(conf.HEARTBEAT_SECONDS)
             self.beat()
 
     def beat(self) -> int:
