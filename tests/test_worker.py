@@ -157,6 +157,25 @@ def test_a_killed_worker_is_replaced_and_finished_steps_do_not_run_again(process
     assert heir.wait(timeout=20) == 0
 
 
+def test_a_step_longer_than_the_lease_keeps_its_workflow_thanks_to_the_heartbeat(processes):
+    processes.hold.touch()
+    handle = worker_three.start(2)
+    owner = processes.start("pgqrs_worker", PGQRS_TEST_HOLD=str(processes.hold), **FAST)
+    processes.wait_for_line(owner, f"holding workflow {handle.id}")
+    rival = processes.start("pgqrs_worker", **FAST)
+    processes.wait_for_stderr(rival, "started: queues default")
+    time.sleep(3 * 1.5)  # three lease lengths inside one step: only renewals keep it
+    assert not lease_expired(handle.id)
+    processes.hold.unlink()
+    assert handle.result(timeout=10) == 5
+    saved = Workflow.objects.get(pk=handle.id)
+    assert (saved.attempts, saved.recovery_attempts) == (1, 0)
+    assert Counter(processes.traced()) == {"first:2": 1, "second:2": 1, "third:4": 1}
+    for worker in (owner, rival):
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=20) == 0
+
+
 def test_many_workers_run_every_workflow_exactly_once(processes):
     count = 500 if connection.vendor == "postgresql" else 100
     handles = [worker_three.start(n) for n in range(count)]
