@@ -11,6 +11,7 @@ The engine knows nothing of workers or the admin; they call ``run_workflow`` and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -288,8 +289,10 @@ def _execute(
                 raise _lost(run) from exc
             raise
         except BaseException:
-            # Interrupted (KeyboardInterrupt, SystemExit): give the workflow back at once.
-            store.release(workflow.id, lease.token)
+            # Interrupted (KeyboardInterrupt, SystemExit): give the workflow back at once, if the
+            # database answers (else its lease expires); the interruption goes on either way.
+            with contextlib.suppress(StorageError):
+                store.release(workflow.id, lease.token)
             workflow.status = WorkflowStatus.PENDING
             raise
         if not store.end(workflow.id, lease.token, WorkflowStatus.SUCCESS, result=text):

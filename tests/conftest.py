@@ -20,8 +20,10 @@ ROOT = Path(__file__).resolve().parent.parent
 def _reset_test_workflows() -> Iterator[None]:
     workflows.runs.clear()
     workflows.failures.clear()
+    workflows.hooks.clear()
     yield
     workflows.failures.clear()
+    workflows.hooks.clear()
 
 
 @pytest.fixture

@@ -238,3 +238,18 @@ def test_a_step_added_before_saved_ones_does_not_shift_their_checkpoints():
     runs.clear()
     assert workflows.add_three(ctx, 1) == 4
     assert runs == {"add_one": 1}
+
+
+def test_an_interrupted_run_gives_its_workflow_back_and_can_resume():
+    def interrupt(ctx: Workflow) -> None:
+        raise KeyboardInterrupt
+
+    workflows.hooks.append(interrupt)
+    ctx = create_workflow("with_hook", 1)
+    with pytest.raises(KeyboardInterrupt):
+        workflows.with_hook(ctx, 1)
+    saved = Workflow.objects.get(pk=ctx.id)
+    assert (saved.status, saved.lease_owner, saved.lease_token) == ("PENDING", None, None)
+    assert list(steps_of(ctx.id)) == ["add_one"]  # the interrupted step saved nothing
+    assert workflows.with_hook(ctx, 1) == [2, "done"]
+    assert runs == {"add_one": 1, "during_step": 2}
