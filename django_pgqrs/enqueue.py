@@ -31,7 +31,8 @@ def create_workflow(name: str, *args: Any, **kwargs: Any) -> Workflow:
     inserted = store.insert(name=name, input_text=text, lease=lease, delay=lease)
     assert inserted is not None  # no idempotency key, no conflict
     workflow_id, created_at, run_at = inserted
-    workflow = Workflow(
+    return Workflow.saved(
+        store.alias,
         id=workflow_id,
         name=name,
         status=WorkflowStatus.PENDING,
@@ -40,9 +41,6 @@ def create_workflow(name: str, *args: Any, **kwargs: Any) -> Workflow:
         updated_at=created_at,
         run_at=run_at,
     )
-    workflow._state.adding = False
-    workflow._state.db = store.alias
-    return workflow
 
 
 def start_workflow(

@@ -129,6 +129,14 @@ class Workflow(models.Model):
     def __str__(self) -> str:
         return f"{self.name} #{self.id} ({self.status})"
 
+    @classmethod
+    def saved(cls, using: str, **fields: Any) -> Workflow:
+        """Return an instance of a row the engine has just written, without reading it back."""
+        workflow = cls(**fields)
+        workflow._state.adding = False
+        workflow._state.db = using
+        return workflow
+
 
 class WorkflowStep(models.Model):
     """The checkpoint of one step call: its saved output, or its last error.

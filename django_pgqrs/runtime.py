@@ -65,10 +65,9 @@ class Run:
     calls: dict[str, int] = field(default_factory=dict)
     in_step: bool = False
     failed_step: tuple[BaseException, str] | None = None
-    # Saved SUCCESS step ids in call order, and how far this replay has consumed them.
+    # Saved SUCCESS step ids in call order, and how many of them this run has replayed.
     _order: list[str] = field(default_factory=list)
-    _next: int = 0
-    _consumed: set[str] = field(default_factory=set)
+    _replayed: int = 0
 
     def __post_init__(self) -> None:
         done = [
@@ -83,19 +82,20 @@ class Run:
         return name if count == 1 else f"{name}#{count}"
 
     def replay(self, step_id: str) -> None:
-        """Mark a saved step as replayed; raise if saved steps are replayed out of order."""
-        order, index = self._order, self._next
-        while index < len(order) and order[index] in self._consumed:
-            index += 1
-        if index < len(order) and order[index] != step_id:
+        """Mark a saved step as replayed; raise if saved steps are replayed out of order.
+
+        Steps run for the first time may come between saved ones (a step added to the code),
+        but the saved ones must come back in the order they were saved.
+        """
+        expected = self._order[self._replayed]
+        if expected != step_id:
             raise NonDeterministicWorkflow(
-                self.workflow.id, self.position, saved=order[index], called=step_id
+                self.workflow.id, self.position, saved=expected, called=step_id
             )
-        self._consumed.add(step_id)
-        self._next = index + 1
+        self._replayed += 1
 
     def unreplayed(self) -> list[str]:
-        return [key for key in self._order if key not in self._consumed]
+        return self._order[self._replayed :]
 
 
 def error_info(exc: BaseException, step_id: str | None = None) -> dict[str, Any]:
@@ -187,7 +187,8 @@ def start_and_run(
     workflow_id, created_at, run_at = inserted
     lease.workflow_id = workflow_id
     call = codec.loads(text)
-    workflow = Workflow(
+    workflow = Workflow.saved(
+        store.alias,
         id=workflow_id,
         name=definition.name,
         status=WorkflowStatus.RUNNING,
@@ -197,8 +198,6 @@ def start_and_run(
         run_at=run_at,
         attempts=1,
     )
-    workflow._state.adding = False
-    workflow._state.db = store.alias
     return _execute(definition, Run(workflow, store, lease, {}), call["args"], call["kwargs"])
 
 
@@ -213,15 +212,14 @@ def run_claimed(claimed: Claimed, store: Store, lease: Lease) -> Any:
     except UnknownWorkflow as exc:
         store.release(claimed.workflow_id, lease.token, delay=60, error=_error_text(exc))
         raise
-    workflow = Workflow(
+    workflow = Workflow.saved(
+        store.alias,
         id=claimed.workflow_id,
         name=claimed.name,
         status=WorkflowStatus.RUNNING,
         attempts=claimed.attempts,
         recovery_attempts=claimed.recovery_attempts,
     )
-    workflow._state.adding = False
-    workflow._state.db = store.alias
     try:
         workflow.input = codec.loads(claimed.input_text)
     except PayloadError as exc:
@@ -434,7 +432,6 @@ def _adopt(run: Run, step_id: str) -> Any:
     )
     if step is None or not still_owner:
         raise _lost(run)
-    run.replay(step_id)
     return step.output
 
 

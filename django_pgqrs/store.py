@@ -81,8 +81,6 @@ WITH inserted AS ({statement})
 SELECT inserted.*, pg_notify('{channel}', %(queue)s) FROM inserted
 """
 
-_CLAIMED_COLUMNS = "workflow_id, name, input, attempts, recovery_attempts"
-
 # Take the workflow if nobody holds a live lease on it, or if this very thread holds it (a run
 # here ended without giving it back: the database went away). A workflow whose lease expired
 # while RUNNING is a recovery: its owner died (or hung) and this process takes it over.
@@ -98,7 +96,7 @@ WHERE workflow_id = %(id)s AND name = %(name)s AND (
     OR (status IN ('RUNNING', 'SLEEPING') AND (
         lease_expires_at IS NULL OR lease_expires_at < {now}
         OR lease_owner = %(owner)s{text} OR %(force)s{bool})))
-RETURNING {columns}
+RETURNING workflow_id, name, input, attempts, recovery_attempts
 """
 
 # A worker takes the most urgent due workflow of its queues. SKIP LOCKED: workers never wait for
@@ -291,7 +289,7 @@ class Store:
                 f"(database {alias!r})."
             )
         postgres = self.vendor == "postgresql"
-        words = dict(_DIALECT[self.vendor], columns=_CLAIMED_COLUMNS)
+        words = _DIALECT[self.vendor]
         insert = _INSERT.format(**words)
         self.sql_insert = insert
         self.sql_enqueue = (

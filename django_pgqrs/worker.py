@@ -134,7 +134,10 @@ class Worker:
                 self._listen()
                 self._drain()
         finally:
-            self._give_back(list(self._leases.values()) + self._orphans)
+            for lease in self._give_back(list(self._leases.values()) + self._orphans):
+                logger.warning(
+                    "Could not give back workflow %s; its lease will expire", lease.workflow_id
+                )
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             logger.info("Worker %s stopped: %s", process_owner(), self.summary)
@@ -211,32 +214,28 @@ class Worker:
                 len(left),
                 ", ".join(str(lease.workflow_id) for lease in left),
             )
-        self._give_back(left)
+        failed = self._give_back(left)
+        with self._lock:
+            self._orphans.extend(failed)
 
-    def _give_back(self, leases: list[Lease]) -> None:
+    def _give_back(self, leases: list[Lease]) -> list[Lease]:
+        """Release ``leases`` so that other workers take them now; return those not released."""
+        failed = []
         for lease in leases:
             try:
                 if self.store.release(lease.workflow_id, lease.token):
                     self._count("released")
             except StorageError:
-                logger.warning(
-                    "Could not give back workflow %s; its lease will expire", lease.workflow_id
-                )
+                failed.append(lease)
+        return failed
 
     def _retry_give_back(self) -> None:
+        """Release the leases a database failure left behind, if the database answers now."""
         with self._lock:
             orphans, self._orphans = self._orphans, []
-        still = []
-        for lease in orphans:
-            try:
-                if self.store.release(lease.workflow_id, lease.token):
-                    self._count("released")
-                    logger.info("Gave back workflow %s after a database failure", lease.workflow_id)
-            except StorageError:
-                still.append(lease)
-        if still:
-            with self._lock:
-                self._orphans.extend(still)
+        failed = self._give_back(orphans)
+        with self._lock:
+            self._orphans.extend(failed)
 
     def _reap(self) -> int:
         """Take back workflows whose owners' leases expired; return how many."""

@@ -46,6 +46,15 @@ def wait_until(condition, timeout: float = 20, what: str = "condition"):  # type
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def worker_holding_in_step_two(processes, n: int, *args: str, **env: str):
+    """Start worker_three(n) and a worker that runs it and waits inside its second step."""
+    processes.hold.touch()
+    handle = worker_three.start(n)
+    worker = processes.start("pgqrs_worker", *args, PGQRS_TEST_HOLD=str(processes.hold), **env)
+    processes.wait_for_line(worker, f"holding workflow {handle.id}")
+    return handle, worker
+
+
 def lease_expired(workflow_id: int) -> bool:
     row = Workflow.objects.get(pk=workflow_id)
     return row.lease_expires_at is not None and row.lease_expires_at < timezone.now()
@@ -138,10 +147,7 @@ def test_an_idle_worker_wakes_on_notify_not_on_its_poll(processes, postgres_only
 
 
 def test_a_killed_worker_is_replaced_and_finished_steps_do_not_run_again(processes):
-    processes.hold.touch()
-    handle = worker_three.start(7)
-    doomed = processes.start("pgqrs_worker", PGQRS_TEST_HOLD=str(processes.hold), **FAST)
-    processes.wait_for_line(doomed, f"holding workflow {handle.id}")
+    handle, doomed = worker_holding_in_step_two(processes, 7, **FAST)
     heir = processes.start("pgqrs_worker", **FAST)
     processes.wait_for_stderr(heir, "started: queues default")
     doomed.kill()
@@ -158,10 +164,7 @@ def test_a_killed_worker_is_replaced_and_finished_steps_do_not_run_again(process
 
 
 def test_a_step_longer_than_the_lease_keeps_its_workflow_thanks_to_the_heartbeat(processes):
-    processes.hold.touch()
-    handle = worker_three.start(2)
-    owner = processes.start("pgqrs_worker", PGQRS_TEST_HOLD=str(processes.hold), **FAST)
-    processes.wait_for_line(owner, f"holding workflow {handle.id}")
+    handle, owner = worker_holding_in_step_two(processes, 2, **FAST)
     rival = processes.start("pgqrs_worker", **FAST)
     processes.wait_for_stderr(rival, "started: queues default")
     time.sleep(3 * 1.5)  # three lease lengths inside one step: only renewals keep it
@@ -191,10 +194,7 @@ def test_many_workers_run_every_workflow_exactly_once(processes):
 
 
 def test_sigterm_lets_the_running_workflow_finish_and_exits_zero(processes):
-    processes.hold.touch()
-    handle = worker_three.start(1)
-    worker = processes.start("pgqrs_worker", PGQRS_TEST_HOLD=str(processes.hold))
-    processes.wait_for_line(worker, f"holding workflow {handle.id}")
+    handle, worker = worker_holding_in_step_two(processes, 1)
     worker.send_signal(signal.SIGTERM)
     processes.wait_for_stderr(worker, "SIGTERM received")
     later = worker_three.start(2)
@@ -205,12 +205,7 @@ def test_sigterm_lets_the_running_workflow_finish_and_exits_zero(processes):
 
 
 def test_sigterm_gives_back_what_outlives_the_grace_period(processes):
-    processes.hold.touch()
-    handle = worker_three.start(5)
-    worker = processes.start(
-        "pgqrs_worker", "--grace-seconds", "0.3", PGQRS_TEST_HOLD=str(processes.hold)
-    )
-    processes.wait_for_line(worker, f"holding workflow {handle.id}")
+    handle, worker = worker_holding_in_step_two(processes, 5, "--grace-seconds", "0.3")
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=20) == 0
     saved = Workflow.objects.get(pk=handle.id)
@@ -222,10 +217,7 @@ def test_sigterm_gives_back_what_outlives_the_grace_period(processes):
 
 
 def test_a_second_signal_exits_at_once_and_gives_the_lease_back(processes):
-    processes.hold.touch()
-    handle = worker_three.start(1)
-    worker = processes.start("pgqrs_worker", PGQRS_TEST_HOLD=str(processes.hold))
-    processes.wait_for_line(worker, f"holding workflow {handle.id}")
+    handle, worker = worker_holding_in_step_two(processes, 1)
     worker.send_signal(signal.SIGINT)
     processes.wait_for_stderr(worker, "SIGINT received")
     worker.send_signal(signal.SIGINT)
@@ -249,10 +241,7 @@ def test_a_workflow_that_keeps_killing_its_worker_is_marked_error(processes):
 
 
 def test_a_stale_owner_cannot_write_after_losing_its_lease(processes):
-    processes.hold.touch()
-    handle = worker_three.start(3)
-    stale = processes.start("pgqrs_worker", PGQRS_TEST_HOLD=str(processes.hold), **FAST)
-    processes.wait_for_line(stale, f"holding workflow {handle.id}")
+    handle, stale = worker_holding_in_step_two(processes, 3, **FAST)
     stale.send_signal(signal.SIGSTOP)  # as if its machine froze: no heartbeat, no progress
     wait_until(lambda: lease_expired(handle.id), what="the frozen owner's lease to expire")
     processes.hold.unlink()
