@@ -5,11 +5,15 @@ dict with str keys) are stored as themselves, so the guide's monitoring SQL and 
 operators see ordinary JSON. Other supported types are stored as a tagged object
 ``{"__pgqrs__": kind, "v": ...}`` and come back as the same type: tuple, set, frozenset, bytes,
 datetime, date, time, timedelta, Decimal, UUID, Enum members, dataclasses, floats that JSON cannot
-spell (nan, inf) or that jsonb would turn into integers (1e+16), and dicts whose keys are not all
-strings. A dict whose key order jsonb would change also stores its order (``__pgqrs_order__``),
-so that it comes back in the order it was saved in.
+spell (nan, inf) or that jsonb would turn into integers (1e+16) or zero (-0.0), strings that UTF-8
+cannot encode (lone surrogates, as ``os.fsdecode`` makes of a non-UTF-8 file name), and dicts whose
+keys are not all strings. A dict whose key order jsonb would change also stores its order
+(``__pgqrs_order__``), so that it comes back in the order it was saved in.
 
 Dataclasses and Enums are found again by import path, so they must be defined at module level.
+Decoding imports only modules that are already imported or belong to an installed app, so a row
+written by hand cannot make a process import an arbitrary module. A saved value that no longer
+decodes (an Enum member removed, a dataclass field added) raises ``PayloadError`` saying why.
 Strings holding ``\\x00`` are refused on every database: PostgreSQL's jsonb cannot store them, and a
 workflow that runs on SQLite in development must not fail only in production.
 """
@@ -17,12 +21,15 @@ workflow that runs on SQLite in development must not fail only in production.
 from __future__ import annotations
 
 import base64
+import binascii
 import dataclasses
 import datetime
 import decimal
 import enum
+import hashlib
 import importlib
 import json
+import sys
 import uuid
 from collections.abc import Iterable
 from typing import Any, TypeAlias
@@ -81,7 +88,53 @@ def loads(text: str | bytes | None) -> Any:
     """Decode JSON text written by ``dump`` back into Python values."""
     if text is None:
         return None
-    return _DECODER.decode(text if isinstance(text, str) else text.decode())
+    try:
+        return _DECODER.decode(text if isinstance(text, str) else text.decode())
+    except json.JSONDecodeError as exc:
+        raise PayloadError(f"Saved JSON is not valid JSON: {exc}.") from exc
+
+
+def digest(value: object) -> str:
+    """Return a short fingerprint of ``value`` that is equal for equal values in any process.
+
+    Used to recognise a step call on a replay by its arguments. Dict keys and set members are
+    sorted, so neither insertion order nor hash randomisation changes it. Parts that cannot be
+    stored count by their type (a model instance by its model and primary key), so any argument
+    is accepted.
+    """
+    text = json.dumps(_canonical(value), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+
+
+def _canonical(value: object) -> Any:
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return value
+    if kind is list or kind is tuple:
+        return [_canonical(item) for item in value]  # type: ignore[attr-defined]
+    if kind is dict:
+        mapping: dict[Any, Any] = value  # type: ignore[assignment]
+        if all(type(key) is str for key in mapping):
+            return {key: _canonical(item) for key, item in mapping.items()}
+        return {TAG: "dict", "v": _sorted([key, item] for key, item in mapping.items())}
+    if kind is set or kind is frozenset:
+        return {TAG: "set", "v": _sorted(value)}  # type: ignore[arg-type]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        return {TAG: "dataclass", "cls": kind.__qualname__, "v": _canonical(fields)}
+    try:
+        return to_json(value)
+    except _Unencodable:
+        pk = getattr(value, "pk", None)
+        meta = getattr(value, "_meta", None)
+        if meta is not None and type(pk) in (int, str):
+            return {TAG: "model", "cls": str(meta.label), "pk": pk}
+        return {TAG: "object", "cls": f"{kind.__module__}.{kind.__qualname__}"}
+
+
+def _sorted(items: Iterable[Any]) -> list[Any]:
+    canonical = [_canonical(item) for item in items]
+    return sorted(canonical, key=lambda item: json.dumps(item, sort_keys=True, default=str))
 
 
 class PayloadDecoder(json.JSONDecoder):
@@ -105,14 +158,15 @@ class PayloadEncoder(json.JSONEncoder):
 def to_json(value: object) -> Json:
     """Return ``value`` as JSON data: new containers, tagged objects for non-JSON types."""
     kind = type(value)
+    if kind is str:
+        return _str(value)  # type: ignore[arg-type]
     if kind in _PLAIN:
-        if kind is str and "\x00" in value:  # type: ignore[operator]
-            raise _Unencodable(value, "a string holding the NUL character \\x00")
         return value  # type: ignore[return-value]
     if kind is float:
         text = repr(value)
-        # JSON has no nan or inf; jsonb turns 1e+16 into 10000000000000000, an int.
-        if value != value or value in (_INF, -_INF) or "e+" in text:
+        # JSON has no nan or inf; jsonb turns 1e+16 into 10000000000000000, an int, and -0.0
+        # into 0.
+        if value != value or value in (_INF, -_INF) or "e+" in text or text == "-0.0":
             return {TAG: "float", "v": text}
         return value  # type: ignore[return-value]
     if kind is list:
@@ -120,6 +174,28 @@ def to_json(value: object) -> Json:
     if kind is dict:
         return _dict(value)  # type: ignore[arg-type]
     return _tagged(value)
+
+
+def _str(value: str) -> Json:
+    if "\x00" in value:
+        raise _Unencodable(value, "a string holding the NUL character \\x00")
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            # Lone surrogates: no UTF-8 text can hold them, so their code points go as bytes.
+            raw = value.encode("utf-8", "surrogatepass")
+            return {TAG: "str", "v": base64.b64encode(raw).decode("ascii")}
+    return value
+
+
+def _plain_key(key: object) -> bool:
+    """A key that can be a JSON object's key as it is."""
+    if type(key) is not str:
+        return False
+    if "\x00" in key:
+        raise _Unencodable(key, "a dict key holding the NUL character \\x00")
+    return key.isascii() or type(_str(key)) is str
 
 
 def _list(items: Any) -> list[Json]:
@@ -134,12 +210,10 @@ def _list(items: Any) -> list[Json]:
 
 
 def _dict(mapping: dict[Any, Any]) -> Json:
-    if TAG in mapping or ORDER in mapping or not all(type(key) is str for key in mapping):
+    if TAG in mapping or ORDER in mapping or not all(_plain_key(key) for key in mapping):
         return {TAG: "dict", "v": _list([key, item] for key, item in mapping.items())}
     out: dict[str, Json] = {}
     for key, item in mapping.items():
-        if "\x00" in key:
-            raise _Unencodable(key, "a dict key holding the NUL character \\x00")
         try:
             out[key] = to_json(item)
         except _Unencodable as exc:
@@ -209,7 +283,25 @@ def _object_hook(data: dict[str, Any]) -> Any:
     # Called by the JSON parser for every object, innermost first: nested values are decoded.
     tag = data.get(TAG)
     if tag is not None:
-        return _untag(tag, data)
+        try:
+            return _untag(tag, data)
+        except PayloadError:
+            raise
+        except (
+            ValueError,
+            TypeError,
+            KeyError,
+            IndexError,
+            AttributeError,
+            ArithmeticError,
+            binascii.Error,
+        ) as exc:
+            raise PayloadError(
+                f"A saved {tag} value ({_excerpt(data)}) can no longer be decoded: "
+                f"{type(exc).__name__}: {exc}. Its class or its data changed since it was saved; "
+                f"restore what it needs (an Enum member, a dataclass field's default) so that "
+                f"saved workflows can be decoded."
+            ) from exc
     order = data.pop(ORDER, None)
     return data if order is None else {key: data[key] for key in order}
 
@@ -240,20 +332,32 @@ def _untag(tag: str, data: dict[str, Any]) -> Any:
         return base64.b64decode(raw)
     if tag == "float":
         return float(raw)
+    if tag == "str":
+        return base64.b64decode(raw).decode("utf-8", "surrogatepass")
     if tag == "enum":
-        return _load_class(data["cls"], enum.Enum)(raw)
+        return load_class(data["cls"], enum.Enum)(raw)
     if tag == "dataclass":
-        return _dataclass(_load_class(data["cls"], None), raw)
+        return _dataclass(load_class(data["cls"], None), raw)
     raise PayloadError(
         f"Saved JSON holds an unknown tagged value {tag!r}; it was not written by this version "
         f"of django-pgqrs."
     )
 
 
-def _load_class(path: str, base: type | None) -> type:
+def load_class(path: str, base: type | None) -> Any:
+    """Return the class a saved value names (``module:qualname``): a subclass of ``base``, or a
+    dataclass if ``base`` is None. Raise ``PayloadError`` if it is not there any more."""
     module_name, _, qualname = path.partition(":")
     try:
-        found: Any = importlib.import_module(module_name)
+        found: Any = sys.modules.get(module_name)
+        if found is None:
+            if not _may_import(module_name):
+                raise PayloadError(
+                    f"Saved JSON names the class {path}, whose module is neither imported nor "
+                    f"part of an installed app; it is not imported to decode a value. Import it "
+                    f"in your app (e.g. in its workflows module)."
+                )
+            found = importlib.import_module(module_name)
         for part in qualname.split("."):
             found = getattr(found, part)
     except (ImportError, AttributeError):
@@ -264,8 +368,24 @@ def _load_class(path: str, base: type | None) -> type:
     if not isinstance(found, type) or not (
         issubclass(found, base) if base else dataclasses.is_dataclass(found)
     ):
-        raise PayloadError(f"Saved JSON names {path}, which is not a dataclass or Enum.")
+        kind = base.__name__ if base else "dataclass"
+        raise PayloadError(f"Saved JSON names {path}, which is not a {kind} (any more).")
     return found
+
+
+def _may_import(module_name: str) -> bool:
+    """Whether decoding may import ``module_name``: it belongs to an installed app."""
+    from django.apps import apps
+
+    return any(
+        module_name == config.name or module_name.startswith(config.name + ".")
+        for config in apps.get_app_configs()
+    )
+
+
+def _excerpt(data: dict[str, Any]) -> str:
+    text = json.dumps(data, ensure_ascii=False, default=repr)
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def _dataclass(cls: type, values: dict[str, Any]) -> Any:

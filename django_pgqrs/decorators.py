@@ -8,7 +8,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
-from . import enqueue, registry, runtime
+from . import enqueue, registry, runtime, steps
 from .handles import WorkflowHandle
 from .inputs import signature_of
 from .models import Workflow
@@ -95,7 +95,8 @@ class StepFunction(Generic[P, R]):
         if retries < 0 or backoff < 0:
             raise ValueError(f"@step {name}: retries and backoff must not be negative.")
         functools.update_wrapper(self, func)
-        signature_of(func)
+        self.signature = signature_of(func)
+        self.context_name = next(iter(self.signature.parameters))
         self.func = func
         self.name = name
         self.retries = retries
@@ -105,7 +106,7 @@ class StepFunction(Generic[P, R]):
 
     def __call__(self, ctx: Workflow, *args: P.args, **kwargs: P.kwargs) -> R:
         """Return the saved result of this call, or run the step and save its result."""
-        return runtime.call_step(self, ctx, args, kwargs)  # type: ignore[no-any-return]
+        return steps.call_step(self, ctx, args, kwargs)  # type: ignore[no-any-return]
 
     def __repr__(self) -> str:
         return f"<step {self.name}>"

@@ -125,20 +125,67 @@ class PayloadError(PgqrsError, TypeError):
 
 
 class NonDeterministicWorkflow(PgqrsError):
-    """A replay called saved steps in another order than the run that saved them."""
+    """A replay called saved steps in another order, or with other arguments, than the run that
+    saved them."""
 
-    def __init__(self, workflow_id: object, position: int, saved: str, called: str) -> None:
+    def __init__(
+        self,
+        workflow_id: object,
+        position: int,
+        saved: str,
+        called: str,
+        other_arguments: bool = False,
+    ) -> None:
         self.workflow_id = workflow_id
         self.position = position
         self.saved = saved
         self.called = called
+        if other_arguments:
+            what = (
+                f"the saved run called {saved!r} with other arguments than this run: a call of "
+                f"the same step was added or removed before it, or its arguments come from "
+                f"something that changed (time, randomness, I/O outside a step)"
+            )
+        else:
+            what = f"the saved run called {saved!r} but this run called {called!r}"
         super().__init__(
-            f"Workflow {workflow_id} is not deterministic: at step position {position} the saved "
-            f"run called {saved!r} but this run called {called!r}. A workflow must call its steps "
-            f"in the same order on every run; move code that varies (time, randomness, I/O) into "
-            f"steps, or finish old workflows before deploying a reordering."
+            f"Workflow {workflow_id} is not deterministic: at step position {position} {what}. "
+            f"A workflow must call its steps in the same order, with the same arguments, on every "
+            f"run; move code that varies (time, randomness, I/O) into steps. For a workflow "
+            f"saved by older code, cancel it, or finish it with the code that started it."
         )
 
 
 class StepOutsideWorkflow(PgqrsError, RuntimeError):
     """A ``@step`` function was called without a running workflow's context."""
+
+
+class NestedAtomicStep(PgqrsError, RuntimeError):
+    """An ``atomic=True`` step was called from inside a step that is not atomic.
+
+    Its writes could not happen exactly once: they would be repeated whenever the outer step runs
+    again.
+    """
+
+
+class WorkflowInTransaction(PgqrsError, RuntimeError):
+    """A workflow was run inside the caller's open ``transaction.atomic()`` block.
+
+    Its checkpoints would commit, or roll back, with the caller's transaction: a rollback or a
+    crash would lose steps that already ran. ``fn.start()`` joins the caller's transaction
+    instead, and a worker runs the workflow once it commits.
+    """
+
+
+class StepFailed(PgqrsError):
+    """A saved step error raised again on a replay, when its own exception cannot be rebuilt.
+
+    ``error`` is the saved error (type, message, traceback); ``step`` the step's checkpoint key.
+    """
+
+    def __init__(self, step: str, error: dict[str, object]) -> None:
+        self.step = step
+        self.error = error
+        super().__init__(
+            f"Step {step!r} failed with {error.get('type', 'an error')}: {error.get('message', '')}"
+        )

@@ -15,7 +15,7 @@ from django.utils import timezone
 from .codec import PayloadDecoder, PayloadEncoder
 
 if TYPE_CHECKING:
-    from .runtime import Run
+    from .replay import Run
 
 
 class WorkflowStatus(models.TextChoices):
@@ -92,7 +92,7 @@ class Workflow(models.Model):
 
     objects = WorkflowQuerySet.as_manager()
 
-    # The engine's state while this process runs the workflow (see runtime.Run); not a column.
+    # The engine's state while this process runs the workflow (see replay.Run); not a column.
     _run: Run | None = None
 
     class Meta:
@@ -163,6 +163,8 @@ class WorkflowStep(models.Model):
     attempts = models.PositiveIntegerField(default=1)
     started_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
+    # A digest of the call's arguments: a replay calling the step with others is refused.
+    args_digest = models.CharField(max_length=32, null=True, blank=True)  # noqa: DJ001 - unset
 
     class Meta:
         db_table = "pgqrs_workflow_steps"

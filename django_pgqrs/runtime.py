@@ -2,126 +2,56 @@
 
 A run starts with a claim, one statement that takes the workflow's lease and returns its saved
 checkpoints. Each step call then either returns its saved output (a replay: the body does not run)
-or runs its body and writes one fenced checkpoint. The run ends with one statement that saves the
-result (or the error) and gives the lease up. So a first run of N steps costs N + 2 writes and no
-reads.
+or runs its body and writes one fenced checkpoint (see ``steps``). The run ends with one statement
+that saves the result (or the error) and gives the lease up. So a first run of N steps costs N + 2
+writes and no reads.
+
+A run is refused inside the caller's open ``transaction.atomic()`` (test cases' blocks aside):
+its checkpoints would commit or roll back with the caller's transaction, and a rollback would
+lose steps that already ran. ``fn.start()`` joins the caller's transaction instead.
 
 The engine knows nothing of workers or the admin; they call ``run_workflow`` and ``resume``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import threading
+import os
 import time
-import traceback
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from django.db import transaction
-from django.utils import timezone
+from django.db import connections
 
 from . import codec, registry
 from .conf import conf
 from .exceptions import (
     LeaseLost,
-    NonDeterministicWorkflow,
     PayloadError,
-    StepOutsideWorkflow,
     StorageError,
     UnknownWorkflow,
     WorkflowBusy,
     WorkflowCancelled,
+    WorkflowInTransaction,
     WorkflowMismatch,
     WorkflowNotFound,
 )
+from .failures import error_info, error_text
 from .inputs import arguments, check_input, encode_input, saved_call
 from .lease import Lease, heartbeat, owner_name, process_owner
-from .models import StepStatus, Workflow, WorkflowStatus
+from .models import Workflow, WorkflowStatus
+from .replay import Run
+from .steps import interruption
 from .store import Claimed, Store, store_for, workflows_alias
 
 if TYPE_CHECKING:
-    from .decorators import StepFunction, WorkflowFunction
+    from .decorators import WorkflowFunction
 
 logger = logging.getLogger("django_pgqrs.runtime")
 
 # Workflows this process is running now, by id: a second call in this process is refused.
 _running: dict[int, Run] = {}
-
-
-@dataclass(eq=False)
-class Run:
-    """The state of one run of a workflow in this process."""
-
-    workflow: Workflow
-    store: Store
-    lease: Lease
-    # Saved checkpoints: step_id -> (position, status, decoded output, attempts).
-    saved: dict[str, tuple[int, str, Any, int]]
-    thread: int = field(default_factory=threading.get_ident)
-    position: int = 0
-    calls: dict[str, int] = field(default_factory=dict)
-    in_step: bool = False
-    failed_step: tuple[BaseException, str] | None = None
-    # Saved SUCCESS step ids in call order, and how many of them this run has replayed.
-    _order: list[str] = field(default_factory=list)
-    _replayed: int = 0
-
-    def __post_init__(self) -> None:
-        done = [
-            (pos, key) for key, (pos, status, _, _) in self.saved.items() if status == "SUCCESS"
-        ]
-        self._order = [key for _, key in sorted(done)]
-
-    def next_step_id(self, name: str) -> str:
-        """Return the checkpoint key of the next call of step ``name``: name, name#2, ..."""
-        count = self.calls[name] = self.calls.get(name, 0) + 1
-        self.position += 1
-        return name if count == 1 else f"{name}#{count}"
-
-    def replay(self, step_id: str) -> None:
-        """Mark a saved step as replayed; raise if saved steps are replayed out of order.
-
-        Steps run for the first time may come between saved ones (a step added to the code),
-        but the saved ones must come back in the order they were saved.
-        """
-        expected = self._order[self._replayed]
-        if expected != step_id:
-            raise NonDeterministicWorkflow(
-                self.workflow.id, self.position, saved=expected, called=step_id
-            )
-        self._replayed += 1
-
-    def unreplayed(self) -> list[str]:
-        return self._order[self._replayed :]
-
-
-def error_info(exc: BaseException, step_id: str | None = None) -> dict[str, Any]:
-    """Describe an exception for the ``error`` column: type, message, traceback."""
-    kind = type(exc)
-    name = (
-        kind.__qualname__
-        if kind.__module__ == "builtins"
-        else f"{kind.__module__}.{kind.__qualname__}"
-    )
-    # jsonb cannot hold NUL characters; an error message must still be saved.
-    info: dict[str, Any] = {
-        "type": name,
-        "message": str(exc).replace("\x00", "\\x00"),
-        "traceback": "".join(traceback.format_exception(exc))[-20_000:].replace("\x00", "\\x00"),
-    }
-    if step_id is not None:
-        info["step"] = step_id
-    return info
-
-
-def _error_text(exc: BaseException, step_id: str | None = None) -> str:
-    return json.dumps(error_info(exc, step_id), ensure_ascii=False)
-
-
-# --- Workflows ----------------------------------------------------------------------------------
+# A forked child runs none of its parent's workflows.
+os.register_at_fork(after_in_child=_running.clear)
 
 
 def run_workflow(
@@ -137,7 +67,8 @@ def run_workflow(
     Return the workflow's result: the saved one, without running anything, if it already
     succeeded. Raise ``WorkflowBusy`` if a live process owns it (``force`` takes it over),
     ``WorkflowCancelled``, ``WorkflowNotFound``, ``WorkflowMismatch`` for a context of another
-    workflow, ``InputMismatch`` for arguments other than the saved input; a failing step's own
+    workflow, ``InputMismatch`` for arguments other than the saved input,
+    ``WorkflowInTransaction`` inside the caller's ``transaction.atomic()``; a failing step's own
     exception after saving the failure.
     """
     if not isinstance(workflow, Workflow):
@@ -155,16 +86,31 @@ def run_workflow(
         raise WorkflowBusy(workflow.id, f"{process_owner()} (this process)", "it finishes")
     saved_args, saved_kwargs = check_input(definition, workflow, args, kwargs)
     store = store_for(workflow._state.db or workflows_alias())
+    savepoints = refuse_in_transaction(store.alias, f"{definition.name}(ctx, ...)", definition)
     lease = Lease(store.alias, workflow.id)
-    claimed = store.claim(
-        workflow.id, definition.name, owner_name(), lease.token, conf.LEASE_SECONDS, force
-    )
+    previous = heartbeat.take_back(workflow.id)
+    sent = time.monotonic()
+    try:
+        claimed = store.claim(
+            workflow.id,
+            definition.name,
+            owner_name(),
+            lease.token,
+            conf.LEASE_SECONDS,
+            force,
+            previous=previous.token if previous else None,
+        )
+    except BaseException:
+        if previous is not None:
+            heartbeat.leave(previous)
+        raise
     if claimed is None:
         return _unclaimable(workflow, store)
+    lease.confirm(sent, conf.LEASE_SECONDS)
     workflow.status = WorkflowStatus.RUNNING
     workflow.attempts = claimed.attempts
     workflow.recovery_attempts = claimed.recovery_attempts
-    run = Run(workflow, store, lease, claimed.steps)
+    run = Run(workflow, store, lease, claimed.steps, claimed.failed_step, savepoints=savepoints)
     return _execute(definition, run, saved_args, saved_kwargs)
 
 
@@ -175,7 +121,9 @@ def start_and_run(
     arguments(definition, args, kwargs)
     text = encode_input(definition.name, args, kwargs)
     store = store_for(workflows_alias())
+    savepoints = refuse_in_transaction(store.alias, f"{definition.name}.run(...)", definition)
     lease = Lease(store.alias, 0)
+    sent = time.monotonic()
     inserted = store.insert(
         name=definition.name,
         input_text=text,
@@ -186,6 +134,7 @@ def start_and_run(
     assert inserted is not None  # no idempotency key, no conflict
     workflow_id, created_at, run_at = inserted
     lease.workflow_id = workflow_id
+    lease.confirm(sent, conf.LEASE_SECONDS)
     call = codec.loads(text)
     workflow = Workflow.saved(
         store.alias,
@@ -198,19 +147,21 @@ def start_and_run(
         run_at=run_at,
         attempts=1,
     )
-    return _execute(definition, Run(workflow, store, lease, {}), call["args"], call["kwargs"])
+    run = Run(workflow, store, lease, {}, savepoints=savepoints)
+    return _execute(definition, run, call["args"], call["kwargs"])
 
 
 def run_claimed(claimed: Claimed, store: Store, lease: Lease) -> Any:
     """Run a workflow a worker has claimed (``store.claim_next``) to its end; return its result.
 
     Raise ``UnknownWorkflow`` (the workflow is released, not run) if its name is not registered
-    here, and what the workflow raises.
+    here, and what the workflow raises. A workflow whose saved input no longer decodes (or fits)
+    is saved as ERROR.
     """
     try:
         definition = registry.get_workflow(claimed.name)
     except UnknownWorkflow as exc:
-        store.release(claimed.workflow_id, lease.token, delay=60, error=_error_text(exc))
+        store.release(claimed.workflow_id, lease.token, delay=60, error=error_text(exc))
         raise
     workflow = Workflow.saved(
         store.alias,
@@ -222,27 +173,62 @@ def run_claimed(claimed: Claimed, store: Store, lease: Lease) -> Any:
     )
     try:
         workflow.input = codec.loads(claimed.input_text)
-    except PayloadError as exc:
-        store.end(workflow.id, lease.token, WorkflowStatus.ERROR, error=_error_text(exc))
-        raise
-    args, kwargs = saved_call(workflow)
-    return _execute(definition, Run(workflow, store, lease, claimed.steps), args, kwargs)
+        args, kwargs = saved_call(workflow)
+        arguments(definition, args, kwargs)
+    except Exception as exc:
+        if isinstance(exc, TypeError) and not isinstance(exc, PayloadError):
+            exc = PayloadError(
+                f"The saved input of workflow {workflow.id} no longer fits the signature of "
+                f"{definition.name}: {exc}."
+            )
+        workflow.status = WorkflowStatus.ERROR
+        workflow.error = error_info(exc)
+        store.end(workflow.id, lease.token, WorkflowStatus.ERROR, error=error_text(exc))
+        raise exc from None
+    run = Run(workflow, store, lease, claimed.steps, claimed.failed_step)
+    return _execute(definition, run, args, kwargs)
 
 
 def resume(workflow_id: int, *, force: bool = False) -> Any:
     """Run the saved workflow ``workflow_id`` to its end in this process; return its result.
 
-    Raise ``WorkflowNotFound``, ``UnknownWorkflow`` if its name is not registered, and what
-    ``run_workflow`` raises.
+    Raise ``WorkflowNotFound``, ``UnknownWorkflow`` if its name is not registered,
+    ``PayloadError`` if its saved input no longer decodes, and what ``run_workflow`` raises.
     """
     alias = workflows_alias()
     try:
         workflow = Workflow.objects.using(alias).get(pk=workflow_id)
     except (Workflow.DoesNotExist, ValueError):
         raise WorkflowNotFound(workflow_id) from None
+    except PayloadError as exc:
+        raise PayloadError(f"Workflow {workflow_id} cannot be resumed: {exc}") from None
     definition = registry.get_workflow(workflow.name)
     args, kwargs = saved_call(workflow)
     return run_workflow(definition, workflow, tuple(args), kwargs, force=force)
+
+
+def refuse_in_transaction(alias: str, call: str, definition: WorkflowFunction[..., Any]) -> bool:
+    """Raise ``WorkflowInTransaction`` inside the caller's transaction on ``alias``.
+
+    Test cases' own blocks (Django's ``TestCase``, pytest-django's ``django_db``) are allowed, as
+    ``atomic(durable=True)`` allows them: return True then, so that step bodies run in savepoints
+    and a failing one leaves the test's transaction usable.
+    """
+    connection = connections[alias]
+    blocks = connection.atomic_blocks
+    if connection.in_atomic_block and all(getattr(b, "_from_testcase", False) for b in blocks):
+        return True
+    manual = connection.connection is not None and not connection.get_autocommit()
+    if connection.in_atomic_block or manual:
+        raise WorkflowInTransaction(
+            f"{call} was called inside a transaction (transaction.atomic()) on database "
+            f"{alias!r}. A run's checkpoints would commit or roll back with that transaction, so "
+            f"a rollback or a crash would lose steps that already ran. Start it with "
+            f"{definition.name}.start(...), which joins your transaction and lets a worker run "
+            f"it once it commits, or run it after the commit: "
+            f"transaction.on_commit(lambda: {definition.name}.run(...))."
+        )
+    return False
 
 
 def _unclaimable(workflow: Workflow, store: Store) -> Any:
@@ -264,37 +250,37 @@ def _unclaimable(workflow: Workflow, store: Store) -> Any:
 def _execute(
     definition: WorkflowFunction[..., Any], run: Run, args: Any, kwargs: dict[str, Any]
 ) -> Any:
-    workflow, store, lease = run.workflow, run.store, run.lease
+    workflow, lease = run.workflow, run.lease
     workflow._run = run
     _running[workflow.id] = run
-    heartbeat.hold(lease)
+    if not run.savepoints:
+        # Inside a test case's transaction no other connection can see the row, so none can
+        # take it over, and the heartbeat's connection could not renew it either.
+        heartbeat.hold(lease)
     try:
         try:
             value = definition.func(workflow, *args, **kwargs)
             text = codec.dump(
                 value, f"result of workflow {definition.name!r}", conf.MAX_PAYLOAD_BYTES
             )
-        except (LeaseLost, WorkflowCancelled, StorageError):
-            # Not the workflow's failure: it keeps its last checkpoint for the next owner.
+        except StorageError:
+            # Not the workflow's failure: it keeps its last checkpoint; the lease is given back
+            # once the database answers, or taken back by the next run here.
+            heartbeat.leave(lease)
             raise
-        except Exception as exc:
-            step = run.failed_step[1] if run.failed_step and run.failed_step[0] is exc else None
-            workflow.status = WorkflowStatus.ERROR
-            workflow.error = error_info(exc, step)
-            if not store.end(
-                workflow.id, lease.token, WorkflowStatus.ERROR, error=_error_text(exc, step)
-            ):
-                raise _lost(run) from exc
+        except (LeaseLost, WorkflowCancelled):
             raise
-        except BaseException:
-            # Interrupted (KeyboardInterrupt, SystemExit): give the workflow back at once, if the
-            # database answers (else its lease expires); the interruption goes on either way.
-            with contextlib.suppress(StorageError):
-                store.release(workflow.id, lease.token)
-            workflow.status = WorkflowStatus.PENDING
+        except BaseException as exc:
+            if interruption(exc):
+                _give_back(run)
+                raise
+            _fail(run, exc)
             raise
-        if not store.end(workflow.id, lease.token, WorkflowStatus.SUCCESS, result=text):
-            raise _lost(run)
+        try:
+            _end(run, WorkflowStatus.SUCCESS, result=text)
+        except PayloadError as exc:  # the database refused the result
+            _fail(run, exc)
+            raise
         leftover = run.unreplayed()
         if leftover:
             logger.warning(
@@ -314,135 +300,36 @@ def _execute(
         workflow._run = None
 
 
-# --- Steps --------------------------------------------------------------------------------------
+def _fail(run: Run, exc: BaseException) -> None:
+    """Save the workflow as ERROR with ``exc``, naming the step it failed on, if any."""
+    step = run.failure_step(exc)
+    run.workflow.status = WorkflowStatus.ERROR
+    run.workflow.error = error_info(exc, step)
+    _end(run, WorkflowStatus.ERROR, error=error_text(exc, step), cause=exc)
 
 
-class _NotWritten(Exception):
-    """Internal: the checkpoint was not written; roll an atomic step's writes back."""
-
-
-def call_step(
-    definition: StepFunction[..., Any], ctx: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    """Run one step call: return its saved output, or run its body and checkpoint the result."""
-    run = ctx._run if isinstance(ctx, Workflow) else None
-    if run is None:
-        raise StepOutsideWorkflow(
-            f"Step {definition.name!r} was called outside a running workflow. Call steps from a "
-            f"@workflow function, passing its context (ctx) as the first argument."
-        )
-    if run.thread != threading.get_ident():
-        raise StepOutsideWorkflow(
-            f"Step {definition.name!r} was called from another thread than the one running "
-            f"workflow {run.workflow.id}; steps must run one at a time in the workflow's thread."
-        )
-    if run.in_step:
-        # A step called from inside a step is part of the outer step's body.
-        return definition.func(ctx, *args, **kwargs)
-    step_id = run.next_step_id(definition.name)
-    saved = run.saved.get(step_id)
-    if saved is not None and saved[1] == StepStatus.SUCCESS:
-        run.replay(step_id)
-        return saved[2]
-    attempts = saved[3] if saved is not None else 0
-    tries = 0
-    while True:
-        attempts += 1
-        tries += 1
-        started = timezone.now()
-        run.in_step = True
-        try:
-            if definition.atomic:
-                with transaction.atomic(using=run.store.alias):
-                    text = _run_body(definition, ctx, args, kwargs, step_id)
-                    if not _checkpoint(run, step_id, attempts, started, text):
-                        raise _NotWritten
-            else:
-                text = _run_body(definition, ctx, args, kwargs, step_id)
-        except _NotWritten:
-            return _adopt(run, step_id)
-        except (LeaseLost, WorkflowCancelled, StorageError):
-            raise
-        except Exception as exc:
-            run.in_step = False
-            if tries <= definition.retries and _retryable(definition, exc):
-                time.sleep(definition.backoff * 2 ** (tries - 1))
-                continue
-            if not _checkpoint(run, step_id, attempts, started, None, exc):
-                raise _lost(run) from exc
-            run.failed_step = (exc, step_id)
-            raise
-        finally:
-            run.in_step = False
-        if not definition.atomic and not _checkpoint(run, step_id, attempts, started, text):
-            return _adopt(run, step_id)
-        return codec.loads(text)
-
-
-def _run_body(
-    definition: StepFunction[..., Any], ctx: Any, args: Any, kwargs: Any, step_id: str
-) -> str:
-    value = definition.func(ctx, *args, **kwargs)
-    return codec.dump(value, f"result of step {step_id!r}", conf.MAX_PAYLOAD_BYTES)
-
-
-def _retryable(definition: StepFunction[..., Any], exc: Exception) -> bool:
-    return isinstance(exc, definition.retry_on) and not isinstance(exc, PayloadError)
-
-
-def _checkpoint(
+def _end(
     run: Run,
-    step_id: str,
-    attempts: int,
-    started: Any,
-    output: str | None,
-    exc: BaseException | None = None,
-) -> bool:
-    return run.store.checkpoint(
-        workflow_id=run.workflow.id,
-        token=run.lease.token,
-        lease=conf.LEASE_SECONDS,
-        step_id=step_id,
-        position=run.position,
-        status=StepStatus.SUCCESS if exc is None else StepStatus.ERROR,
-        output=output,
-        error=None if exc is None else _error_text(exc),
-        attempts=attempts,
-        started_at=started,
-        completed_at=timezone.now(),
-    )
+    status: str,
+    result: str | None = None,
+    error: str | None = None,
+    cause: BaseException | None = None,
+) -> None:
+    """Write the run's end; raise ``StorageError`` (lease left for the heartbeat to give back)
+    or the fence's error."""
+    try:
+        ended = run.store.end(run.workflow.id, run.lease.token, status, result, error)
+    except StorageError:
+        heartbeat.leave(run.lease)
+        raise
+    if not ended:
+        raise run.lost_error() from cause
 
 
-def _adopt(run: Run, step_id: str) -> Any:
-    """The checkpoint was not written: return the output saved by an earlier owner, or stop.
-
-    A checkpoint is refused when the lease was lost, or when a previous owner (whose lease had
-    expired) saved the same step after this run's claim read the checkpoints. The first saved
-    output wins, so every run continues with the same value.
-    """
-    step = (
-        run.workflow.steps.using(run.store.alias)
-        .filter(step_id=step_id, status=StepStatus.SUCCESS)
-        .first()
-    )
-    still_owner = (
-        Workflow.objects.using(run.store.alias)
-        .filter(pk=run.workflow.id, lease_token=run.lease.token)
-        .exists()
-    )
-    if step is None or not still_owner:
-        raise _lost(run)
-    return step.output
-
-
-def _lost(run: Run) -> LeaseLost | WorkflowCancelled:
-    """The error for a write the fence refused: the workflow was cancelled, or taken over."""
-    cancelled = (
-        Workflow.objects.using(run.store.alias)
-        .filter(pk=run.workflow.id, status=WorkflowStatus.CANCELLED)
-        .exists()
-    )
-    if cancelled:
-        run.workflow.status = WorkflowStatus.CANCELLED
-        return WorkflowCancelled(run.workflow.id)
-    return LeaseLost(run.workflow.id)
+def _give_back(run: Run) -> None:
+    """Give an interrupted run's workflow back at once, or when the database answers."""
+    try:
+        run.store.release(run.workflow.id, run.lease.token)
+    except StorageError:
+        heartbeat.leave(run.lease)
+    run.workflow.status = WorkflowStatus.PENDING

@@ -11,6 +11,11 @@ renewing its lease (``Store.reap``): they become PENDING for any worker, or ERRO
 ``MAX_RECOVERY_ATTEMPTS`` takeovers. It also handles SIGTERM and SIGINT: stop claiming, let the
 running workflows finish within the grace period, then give back the leases of the rest so that
 another worker takes them at once. A second signal gives them back and exits at once.
+
+Every thread is supervised: whatever a workflow raises, its runner logs it and claims the next;
+a database outage makes runners wait and retry; the main thread restarts a runner (or the lease
+heartbeat) that stopped. Only a runner that fails again and again outside any workflow (the
+tables are missing, say) stops the worker, which then exits with an error instead of idling.
 """
 
 from __future__ import annotations
@@ -29,11 +34,15 @@ from django.db import DatabaseError, InterfaceError, connections, router
 from . import runtime
 from .conf import conf
 from .exceptions import LeaseLost, StorageError, UnknownWorkflow, WorkflowCancelled
-from .lease import Lease, owner_name, process_owner
+from .lease import Lease, heartbeat, owner_name, process_owner
 from .models import Workflow, WorkflowStatus
 from .store import CHANNEL, Store, store_for
 
 logger = logging.getLogger("django_pgqrs.worker")
+
+# A runner that fails this many times in a row outside any workflow gives up, and the worker
+# stops with an error.
+RUNNER_FAILURES = 5
 
 
 @dataclass
@@ -45,6 +54,8 @@ class Summary:
     released: int = 0
     recovered: int = 0
     started: float = field(default_factory=time.monotonic)
+    # Why the worker stopped on its own, if it did: its runners could not go on.
+    fatal: str | None = None
 
     def __str__(self) -> str:
         ran = self.succeeded + self.failed
@@ -100,8 +111,8 @@ class Worker:
         self._signals = 0
         self._lock = threading.Lock()
         self._leases: dict[int, Lease] = {}  # runner thread id -> lease of its current workflow
-        self._orphans: list[Lease] = []  # leases to give back once the database answers
         self._runners: list[threading.Thread] = []
+        self._finished: set[int] = set()  # runners (by index) that ended on purpose
 
     @property
     def store(self) -> Store:
@@ -125,16 +136,11 @@ class Worker:
             self._wait_for_database()
             if not self.stopping.is_set():
                 self._reap()
-                self._runners = [
-                    threading.Thread(target=self._runner, name=f"pgqrs-runner-{n}", daemon=True)
-                    for n in range(self.concurrency)
-                ]
-                for thread in self._runners:
-                    thread.start()
+                self._runners = [self._start_runner(n) for n in range(self.concurrency)]
                 self._listen()
                 self._drain()
         finally:
-            for lease in self._give_back(list(self._leases.values()) + self._orphans):
+            for lease in self._give_back(list(self._leases.values()) + heartbeat.leftovers()):
                 logger.warning(
                     "Could not give back workflow %s; its lease will expire", lease.workflow_id
                 )
@@ -175,29 +181,49 @@ class Worker:
                 self.stopping.wait(delay)
                 delay = min(delay * 2, 10.0)
 
+    def _start_runner(self, number: int) -> threading.Thread:
+        thread = threading.Thread(
+            target=self._runner, args=(number,), name=f"pgqrs-runner-{number}", daemon=True
+        )
+        thread.start()
+        return thread
+
     def _listen(self) -> None:
         """Until stopping: wake runners on notifications and each poll; recover dead owners'."""
         listener = Listener(self.alias) if self.store.vendor == "postgresql" else None
         next_poll = 0.0
         try:
             while not self.stopping.is_set():
-                if self.burst and not any(thread.is_alive() for thread in self._runners):
-                    return
-                # Wait in short slices, so that a stop is noticed at once whatever the poll.
-                now = time.monotonic()
-                slice_ = max(0.0, min(0.25, next_poll - now))
-                if listener is not None and listener.wait(self.queues, slice_):
-                    self.wakeup.ring()
-                elif listener is None:
-                    self.stopping.wait(slice_)
-                if time.monotonic() >= next_poll:
-                    next_poll = time.monotonic() + conf.POLL_SECONDS
-                    self.wakeup.ring()
-                    self._reap()
-                    self._retry_give_back()
+                try:
+                    if self.burst and not any(thread.is_alive() for thread in self._runners):
+                        return
+                    # Wait in short slices, so that a stop is noticed at once whatever the poll.
+                    now = time.monotonic()
+                    slice_ = max(0.0, min(0.25, next_poll - now))
+                    if listener is not None and listener.wait(self.queues, slice_):
+                        self.wakeup.ring()
+                    elif listener is None:
+                        self.stopping.wait(slice_)
+                    if time.monotonic() >= next_poll:
+                        next_poll = time.monotonic() + conf.POLL_SECONDS
+                        self.wakeup.ring()
+                        self._reap()
+                        self._supervise()
+                except Exception:
+                    logger.exception("Worker %s: unexpected error; it goes on", process_owner())
+                    self.stopping.wait(conf.POLL_SECONDS)
         finally:
             if listener is not None:
                 listener.close()
+
+    def _supervise(self) -> None:
+        """Restart runner threads that stopped unexpectedly, and the heartbeat if it did."""
+        heartbeat.ensure_alive()
+        for number, thread in enumerate(self._runners):
+            if thread.is_alive() or number in self._finished or self.stopping.is_set():
+                continue
+            logger.error("Worker %s: runner %d had stopped; restarting it", process_owner(), number)
+            self._runners[number] = self._start_runner(number)
 
     def _drain(self) -> None:
         """After a stop: wait for runners up to the grace period, then give leases back."""
@@ -214,28 +240,21 @@ class Worker:
                 len(left),
                 ", ".join(str(lease.workflow_id) for lease in left),
             )
-        failed = self._give_back(left)
-        with self._lock:
-            self._orphans.extend(failed)
+        for lease in self._give_back(left):
+            heartbeat.leave(lease)
 
     def _give_back(self, leases: list[Lease]) -> list[Lease]:
         """Release ``leases`` so that other workers take them now; return those not released."""
         failed = []
         for lease in leases:
+            # Its run, if still going, must not start another step (nor write) from now on.
+            lease.lost = True
             try:
-                if self.store.release(lease.workflow_id, lease.token):
+                if store_for(lease.alias).release(lease.workflow_id, lease.token):
                     self._count("released")
             except StorageError:
                 failed.append(lease)
         return failed
-
-    def _retry_give_back(self) -> None:
-        """Release the leases a database failure left behind, if the database answers now."""
-        with self._lock:
-            orphans, self._orphans = self._orphans, []
-        failed = self._give_back(orphans)
-        with self._lock:
-            self._orphans.extend(failed)
 
     def _reap(self) -> int:
         """Take back workflows whose owners' leases expired; return how many."""
@@ -271,24 +290,52 @@ class Worker:
 
     # --- Runner threads ------------------------------------------------------------------------
 
-    def _runner(self) -> None:
+    def _runner(self, number: int) -> None:
+        failures = 0
         try:
             while not self.stopping.is_set():
-                seen = self.wakeup.rings()
-                if self._run_one():
-                    continue
-                if self.burst:
-                    # Nothing due: one more look after taking back dead owners' workflows.
-                    if self._reap() == 0 and not self._run_one():
+                try:
+                    seen = self.wakeup.rings()
+                    if self._run_one():
+                        failures = 0
+                        continue
+                    failures = 0
+                    if self.burst:
+                        # Nothing due: one more look after taking back dead owners' workflows.
+                        if self._reap() == 0 and not self._run_one():
+                            self._finished.add(number)
+                            return
+                        continue
+                    self.wakeup.wait(seen, conf.POLL_SECONDS)
+                except Exception as exc:
+                    failures += 1
+                    logger.exception(
+                        "Worker %s: runner %d failed outside any workflow (%d in a row)",
+                        process_owner(),
+                        number,
+                        failures,
+                    )
+                    _close_if_broken(self.alias)
+                    if failures >= RUNNER_FAILURES:
+                        self._give_up(f"runner {number} failed {failures} times in a row: {exc}")
+                        self._finished.add(number)
                         return
-                    continue
-                self.wakeup.wait(seen, conf.POLL_SECONDS)
+                    self.stopping.wait(min(conf.POLL_SECONDS * failures, 10.0))
         finally:
             connections.close_all()
+
+    def _give_up(self, why: str) -> None:
+        """Stop the worker because its runners cannot go on; it exits with an error."""
+        with self._lock:
+            if self.summary.fatal is None:
+                self.summary.fatal = why
+        logger.critical("Worker %s is stopping: %s", process_owner(), why)
+        self.stop()
 
     def _run_one(self) -> bool:
         """Claim one due workflow and run it; return False if none was due."""
         lease = Lease(self.alias, 0)
+        sent = time.monotonic()
         try:
             claimed = self.store.claim_next(
                 self.queues, owner_name(), lease.token, conf.LEASE_SECONDS
@@ -301,6 +348,7 @@ class Worker:
         if claimed is None:
             return False
         lease.workflow_id = claimed.workflow_id
+        lease.confirm(sent, conf.LEASE_SECONDS)
         ident = threading.get_ident()
         with self._lock:
             self._leases[ident] = lease
@@ -314,13 +362,14 @@ class Worker:
         except WorkflowCancelled:
             logger.info("Workflow %s was cancelled; stopped", label)
         except StorageError as exc:
+            # Its lease is given back by the heartbeat once the database answers.
             logger.warning("Workflow %s interrupted: %s", label, exc)
             _close_if_broken(self.alias)
-            with self._lock:
-                self._orphans.append(lease)
         except UnknownWorkflow as exc:
             logger.error("Workflow %s not run: %s", label, exc)
-        except Exception as exc:
+        except BaseException as exc:
+            # Whatever the workflow raised, SystemExit included, was saved as its failure: a
+            # runner thread never stops for a workflow.
             self._count("failed")
             logger.warning(
                 "Workflow %s failed after %.3fs: %s: %s",

@@ -169,13 +169,33 @@ def test_a_lease_held_by_another_thread_of_this_process_is_respected():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_this_thread_takes_back_a_lease_it_left_behind():
-    """As after a run here lost its database connection before it could give the lease back."""
+def test_a_live_lease_under_this_processs_own_name_is_not_taken():
+    """Two containers with one hostname, both PID 1: the name is the same, the token is not."""
     ctx = create_workflow("add_three", 1)
     Workflow.objects.filter(pk=ctx.id).update(
         status="RUNNING",
-        lease_owner=process_owner(),  # this process's main thread, which runs the tests
+        lease_owner=process_owner(),
         lease_token=uuid.uuid4(),
         lease_expires_at=timezone.now() + datetime.timedelta(seconds=30),
     )
+    with pytest.raises(WorkflowBusy, match=process_owner()):
+        workflows.add_three(ctx, 1)
+    assert runs == {}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_takes_back_the_lease_a_failed_run_here_left_behind():
+    """As after a run here lost its database connection before it could give the lease back."""
+    ctx = create_workflow("add_three", 1)
+    left = Lease("default", ctx.id)
+    Workflow.objects.filter(pk=ctx.id).update(
+        status="RUNNING",
+        lease_owner=process_owner(),
+        lease_token=left.token,
+        lease_expires_at=timezone.now() + datetime.timedelta(seconds=30),
+    )
+    heartbeat.leave(left)
     assert workflows.add_three(ctx, 1) == 4
+    saved = Workflow.objects.get(pk=ctx.id)
+    assert (saved.status, saved.recovery_attempts) == ("SUCCESS", 0)
+    assert heartbeat.take_back(ctx.id) is None

@@ -58,7 +58,9 @@ class Command(BaseCommand):
         if concurrency < 1:
             raise CommandError("--concurrency must be at least 1.")
         self._log_to_stderr(verbosity)
-        Worker(names, concurrency, burst, grace_seconds, database).run()
+        summary = Worker(names, concurrency, burst, grace_seconds, database).run()
+        if summary.fatal:
+            raise CommandError(f"The worker stopped: {summary.fatal}")
 
     def _log_to_stderr(self, verbosity: int) -> None:
         # The worker reports through logging; without a configured handler, show its lines.

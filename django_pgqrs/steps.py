@@ -1,0 +1,308 @@
+"""Running one step call: replay its checkpoint, or run its body and write its checkpoint.
+
+On the happy path a step costs one write (its checkpoint, which also renews the lease) and no
+read. Before a body runs, the run checks its lease without a statement: the heartbeat says if it
+was lost, and a lease last confirmed more than half a lease ago is confirmed first (one statement,
+only when a workflow spent that long between steps), so that no body starts while another process
+may own the workflow.
+
+What a body raises decides what is saved:
+
+- an ``Exception``: retried per the step's options, then saved as the step's error;
+- a lost database connection of the workflows' database: not the step's failure, an outage. The
+  run stops with ``StorageError``, saving nothing, and the workflow runs again from its last
+  checkpoint once the database is back;
+- ``KeyboardInterrupt`` (or ``SystemExit`` in the main thread, where Python delivers signals):
+  the process is being stopped; nothing is saved, as if it had been killed;
+- any other ``BaseException`` (``SystemExit`` in a worker's thread, ``asyncio.CancelledError``):
+  saved as the step's error, never retried.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from django.db import InterfaceError, OperationalError, connections, transaction
+from django.utils import timezone
+
+from . import codec, failures
+from .conf import conf
+from .exceptions import (
+    LeaseLost,
+    NestedAtomicStep,
+    PayloadError,
+    StepOutsideWorkflow,
+    StorageError,
+    WorkflowCancelled,
+)
+from .lease import heartbeat
+from .models import StepStatus, Workflow
+from .replay import Run
+
+if TYPE_CHECKING:
+    from .decorators import StepFunction
+
+# SQLSTATEs of a server that ended the connection (admin shutdown, crash, starting up), besides
+# class 08, connection exceptions.
+_SERVER_GONE = frozenset({"57P01", "57P02", "57P03"})
+
+
+class _NotWritten(Exception):
+    """Internal: the checkpoint was not written; roll an atomic step's writes back."""
+
+
+def call_step(
+    definition: StepFunction[..., Any], ctx: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """Run one step call: return its saved output, or run its body and checkpoint the result."""
+    run = _run_of(definition, ctx)
+    if run.step is not None:
+        return _nested(definition, run, ctx, args, kwargs)
+    check_lease(run)
+    step_id = run.next_step_id(definition.name)
+    digest = codec.digest(_arguments(definition, args, kwargs))
+    saved = run.saved.get(step_id)
+    if saved is None:
+        position, shift = run.new_position()
+        return _run_body(definition, run, ctx, args, kwargs, step_id, digest, position, shift, 0)
+    run.passing(step_id, saved, digest)
+    if saved.status == StepStatus.SUCCESS:
+        try:
+            return codec.loads(saved.output_text)
+        except PayloadError as exc:
+            raise PayloadError(
+                f"The saved result of step {step_id!r} of workflow {run.workflow.id} cannot be "
+                f"decoded: {exc}"
+            ) from None
+    if step_id != run.failed_step:
+        error = failures.rebuild(saved.error or {}, step_id)
+        run.errors[id(error)] = (error, step_id)
+        raise error
+    return _run_body(
+        definition, run, ctx, args, kwargs, step_id, digest, saved.position, False, saved.attempts
+    )
+
+
+def check_lease(run: Run) -> None:
+    """Raise if the run's lease is lost; confirm it first if its last confirmation is old."""
+    lease = run.lease
+    if lease.lost:
+        raise run.lost_error()
+    if lease.stale(conf.LEASE_SECONDS):
+        heartbeat.ensure_alive()
+        _touch(run)
+
+
+def _touch(run: Run) -> None:
+    sent = time.monotonic()
+    if not run.store.touch(run.workflow.id, run.lease.token, conf.LEASE_SECONDS):
+        raise run.lost_error()
+    run.lease.confirm(sent, conf.LEASE_SECONDS)
+
+
+def _run_of(definition: StepFunction[..., Any], ctx: Any) -> Run:
+    run = ctx._run if isinstance(ctx, Workflow) else None
+    if run is None:
+        raise StepOutsideWorkflow(
+            f"Step {definition.name!r} was called outside a running workflow. Call steps from a "
+            f"@workflow function, passing its context (ctx) as the first argument."
+        )
+    if run.thread != threading.get_ident():
+        raise StepOutsideWorkflow(
+            f"Step {definition.name!r} was called from another thread than the one running "
+            f"workflow {run.workflow.id}; steps must run one at a time in the workflow's thread."
+        )
+    if run.pid != os.getpid():
+        raise StepOutsideWorkflow(
+            f"Step {definition.name!r} was called in a process forked from the one running "
+            f"workflow {run.workflow.id}; only that process may run its steps."
+        )
+    return run
+
+
+def _nested(definition: StepFunction[..., Any], run: Run, ctx: Any, args: Any, kwargs: Any) -> Any:
+    """A step called from inside a step is part of the outer step's body."""
+    outer = run.step
+    assert outer is not None
+    if not definition.atomic:
+        return definition.func(ctx, *args, **kwargs)
+    if not outer.atomic:
+        raise NestedAtomicStep(
+            f"Step {definition.name!r} is atomic, but it was called from inside step "
+            f"{outer.name!r}, which is not: its writes would be made again whenever "
+            f"{outer.name!r} runs again. Call {definition.name!r} from the workflow itself, or "
+            f"make {outer.name!r} atomic too (@step(atomic=True))."
+        )
+    # Inside the outer step's transaction: a savepoint, so a failure rolls back its writes only.
+    with transaction.atomic(using=run.store.alias):
+        return definition.func(ctx, *args, **kwargs)
+
+
+def _arguments(definition: StepFunction[..., Any], args: Any, kwargs: Any) -> dict[str, Any]:
+    """The call's arguments by parameter name (the context left out), as the digest sees them."""
+    bound = definition.signature.bind(None, *args, **kwargs).arguments
+    bound.pop(definition.context_name)
+    return bound
+
+
+def _run_body(
+    definition: StepFunction[..., Any],
+    run: Run,
+    ctx: Any,
+    args: Any,
+    kwargs: Any,
+    step_id: str,
+    digest: str,
+    position: int,
+    shift: bool,
+    attempts: int,
+) -> Any:
+    alias = run.store.alias
+    in_transaction = definition.atomic or run.savepoints
+    tries = 0
+    while True:
+        attempts += 1
+        tries += 1
+        started = timezone.now()
+        run.step = definition
+        try:
+            if in_transaction:
+                with transaction.atomic(using=alias):
+                    text = _body(definition, ctx, args, kwargs, step_id)
+                    if definition.atomic and not _checkpoint(
+                        run, step_id, position, shift, attempts, started, digest, text
+                    ):
+                        raise _NotWritten
+            else:
+                text = _body(definition, ctx, args, kwargs, step_id)
+        except _NotWritten:
+            return _adopt(run, step_id)
+        except (LeaseLost, WorkflowCancelled, StorageError):
+            raise
+        except BaseException as exc:
+            run.step = None
+            if interruption(exc):
+                raise
+            if _outage(exc, alias):
+                raise StorageError(alias, exc) from exc
+            if tries <= definition.retries and _retryable(definition, exc):
+                _wait_to_retry(run, definition.backoff * 2 ** (tries - 1))
+                continue
+            if not _checkpoint(run, step_id, position, shift, attempts, started, digest, exc=exc):
+                raise run.lost_error() from exc
+            run.position = position
+            run.errors[id(exc)] = (exc, step_id)
+            raise
+        finally:
+            run.step = None
+        if not definition.atomic and not _checkpoint(
+            run, step_id, position, shift, attempts, started, digest, text
+        ):
+            return _adopt(run, step_id)
+        run.position = position
+        return codec.loads(text)
+
+
+def _body(
+    definition: StepFunction[..., Any], ctx: Any, args: Any, kwargs: Any, step_id: str
+) -> str:
+    value = definition.func(ctx, *args, **kwargs)
+    return codec.dump(value, f"result of step {step_id!r}", conf.MAX_PAYLOAD_BYTES)
+
+
+def interruption(exc: BaseException) -> bool:
+    """Whether ``exc`` stops this process rather than fails the code: Ctrl-C, or ``SystemExit``
+    in the main thread (Python delivers signals there only)."""
+    if isinstance(exc, KeyboardInterrupt):
+        return True
+    return isinstance(exc, SystemExit) and threading.current_thread() is threading.main_thread()
+
+
+def _outage(exc: BaseException, alias: str) -> bool:
+    """Whether a body's database error is the loss of the workflows' database, not a failure."""
+    if not isinstance(exc, OperationalError | InterfaceError):
+        return False
+    sqlstate = getattr(exc.__cause__, "sqlstate", None)
+    if sqlstate is not None and not sqlstate.startswith("08") and sqlstate not in _SERVER_GONE:
+        return False  # the server answered: a deadlock, a lock timeout, a cancelled query
+    connection = connections[alias]
+    try:
+        return connection.connection is None or not connection.is_usable()
+    except Exception:
+        return True
+
+
+def _retryable(definition: StepFunction[..., Any], exc: BaseException) -> bool:
+    return (
+        isinstance(exc, Exception)
+        and isinstance(exc, definition.retry_on)
+        and not isinstance(exc, PayloadError)
+    )
+
+
+def _wait_to_retry(run: Run, seconds: float) -> None:
+    """Wait out a retry's backoff; raise if the workflow was cancelled or taken over."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if run.lease.lost:
+            raise run.lost_error()
+        time.sleep(min(left, 0.5))
+    # The heartbeat may not have noticed yet: a cancellation must stop the retries now.
+    _touch(run)
+
+
+def _checkpoint(
+    run: Run,
+    step_id: str,
+    position: int,
+    shift: bool,
+    attempts: int,
+    started: Any,
+    digest: str,
+    output: str | None = None,
+    exc: BaseException | None = None,
+) -> bool:
+    sent = time.monotonic()
+    written = run.store.checkpoint(
+        workflow_id=run.workflow.id,
+        token=run.lease.token,
+        lease=conf.LEASE_SECONDS,
+        step_id=step_id,
+        position=position,
+        status=StepStatus.SUCCESS if exc is None else StepStatus.ERROR,
+        output=output,
+        error=None if exc is None else failures.error_text(exc, None),
+        attempts=attempts,
+        started_at=started,
+        completed_at=timezone.now(),
+        args_digest=digest,
+        shift=shift,
+    )
+    if written:
+        run.lease.confirm(sent, conf.LEASE_SECONDS)
+    return written
+
+
+def _adopt(run: Run, step_id: str) -> Any:
+    """The checkpoint was not written: return the output saved by an earlier owner, or stop.
+
+    A checkpoint is refused when the lease was lost, or when a previous owner (whose lease had
+    expired) saved the same step after this run's claim read the checkpoints. The first saved
+    output wins, so every run continues with the same value.
+    """
+    step = (
+        run.workflow.steps.using(run.store.alias)
+        .filter(step_id=step_id, status=StepStatus.SUCCESS)
+        .first()
+    )
+    still_owner = (
+        Workflow.objects.using(run.store.alias)
+        .filter(pk=run.workflow.id, lease_token=run.lease.token)
+        .exists()
+    )
+    if step is None or not still_owner:
+        raise run.lost_error()
+    return step.output
