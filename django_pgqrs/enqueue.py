@@ -64,14 +64,19 @@ def start_workflow(
     arguments(definition, args, kwargs)
     if not isinstance(queue, str) or not 0 < len(queue) <= 64:
         raise ValueError(f"queue must be a name of 1 to 64 characters, not {queue!r}.")
+    _check_text("queue", queue)
+    if idempotency_key is not None:
+        _check_text("idempotency_key", idempotency_key)
+    # A delay counts from when the database saves the row, by its clock; a datetime is kept.
+    delay, due = 0.0, None
     if isinstance(run_at, datetime.timedelta):
         delay = run_at.total_seconds()
     elif isinstance(run_at, datetime.datetime):
         if timezone.is_naive(run_at):
             raise ValueError("run_at must be an aware datetime (see django.utils.timezone).")
-        delay = (run_at - timezone.now()).total_seconds()
-    else:
-        delay = 0.0
+        due = run_at
+    elif run_at is not None:
+        raise TypeError(f"run_at must be a datetime or a timedelta, not {type(run_at).__name__}.")
     text = encode_input(name, args, kwargs)
     store = store_for(workflows_alias())
     inserted = store.insert(
@@ -79,10 +84,12 @@ def start_workflow(
         input_text=text,
         lease=conf.LEASE_SECONDS,
         delay=delay,
+        run_at=due,
         queue=queue,
         priority=priority,
         idempotency_key=idempotency_key,
-        notify=delay <= 0,
+        # Workers hear of a workflow due now; one due later is found by their poll.
+        notify=delay <= 0 and (due is None or due <= timezone.now()),
     )
     if inserted is not None:
         return WorkflowHandle(inserted[0], store.alias)
@@ -93,3 +100,19 @@ def start_workflow(
             f"{existing.name!r} workflow, not {name!r}."
         )
     return WorkflowHandle(existing.id, store.alias)
+
+
+def _check_text(what: str, value: object) -> None:
+    """Refuse a name that the database cannot store: not text, or not encodable as UTF-8."""
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a string, not {type(value).__name__}.")
+    if "\x00" in value or (not value.isascii() and not _encodable(value)):
+        raise ValueError(f"{what} {value!r} holds characters the database cannot store.")
+
+
+def _encodable(value: str) -> bool:
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -39,7 +39,14 @@ class WorkflowHandle:
 
     def status(self) -> str:
         """Return the workflow's status now: PENDING, RUNNING, ..., SUCCESS, ERROR, CANCELLED."""
-        return self.workflow().status
+        return str(self._fields("status")[0])
+
+    def _fields(self, *names: str) -> tuple[Any, ...]:
+        """Read only these columns: a row whose other values no longer decode is still read."""
+        row = Workflow.objects.using(self.using).filter(pk=self.id).values_list(*names).first()
+        if row is None:
+            raise WorkflowNotFound(self.id)
+        return tuple(row)
 
     def result(self, timeout: float | None = None, poll: float = 0.05) -> Any:
         """Wait for the workflow to finish and return its result.
@@ -52,15 +59,15 @@ class WorkflowHandle:
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = poll
         while True:
-            workflow = self.workflow()
-            if workflow.status == WorkflowStatus.SUCCESS:
-                return workflow.result
-            if workflow.status == WorkflowStatus.ERROR:
-                raise WorkflowFailed(self.id, workflow.error)
-            if workflow.status == WorkflowStatus.CANCELLED:
+            (status,) = self._fields("status")
+            if status == WorkflowStatus.SUCCESS:
+                return self._fields("result")[0]
+            if status == WorkflowStatus.ERROR:
+                raise WorkflowFailed(self.id, self._fields("error")[0])
+            if status == WorkflowStatus.CANCELLED:
                 raise WorkflowCancelled(self.id)
             if deadline is not None and time.monotonic() >= deadline:
-                raise WorkflowTimeout(self.id, workflow.status, timeout or 0)
+                raise WorkflowTimeout(self.id, status, timeout or 0)
             wait = delay if deadline is None else min(delay, max(0, deadline - time.monotonic()))
             time.sleep(wait)
             delay = min(delay * 2, 1.0)

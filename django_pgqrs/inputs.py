@@ -7,6 +7,8 @@ a call with other arguments than the saved ones is refused rather than given a s
 
 from __future__ import annotations
 
+import dataclasses
+import decimal
 import inspect
 from typing import TYPE_CHECKING, Any
 
@@ -64,13 +66,28 @@ def check_input(
             f"Workflow {workflow.id} was saved with input {workflow.input!r}, which no longer fits "
             f"the signature of {definition.name}: {exc}."
         ) from None
-    if arguments(definition, called["args"], called["kwargs"]) != saved:
+    if not same(arguments(definition, called["args"], called["kwargs"]), saved):
         raise InputMismatch(
             f"Workflow {workflow.id} ({definition.name}) was created with arguments {saved!r}, "
             f"but was called with {arguments(definition, args, kwargs)!r}. Call it with the "
             f"arguments it was created with, or create a new workflow for new arguments."
         )
     return saved_args, saved_kwargs
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal, counting NaN equal to NaN (a value compared with itself after a round trip)."""
+    if type(a) is not type(b):
+        return bool(a == b)
+    if isinstance(a, float | decimal.Decimal) and a != a:
+        return bool(b != b)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[key], b[key]) for key in a)
+    if dataclasses.is_dataclass(a) and not isinstance(a, type):
+        return all(same(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a))
+    return bool(a == b)
 
 
 def signature_of(func: Any) -> inspect.Signature:

@@ -10,8 +10,9 @@ is checked against it before its saved result (or saved error) is handed back:
 2. Arguments: the call's arguments must be those of the saved call (compared by a digest). Keys
    are names (``fetch``, ``fetch#2``), so a call of ``fetch`` added before saved ones would
    otherwise be handed the saved result of another call.
-3. Errors: a saved step error that the workflow went past (it caught it) is raised again, not run;
-   only the step the workflow itself failed on runs again.
+3. Errors: a saved step error that the workflow went past (it caught it, and called another step
+   after it) is raised again, not run, so that the workflow takes the same path. A step error
+   with no step after it is the one the workflow failed on (or died right after): it runs again.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from .exceptions import LeaseLost, NonDeterministicWorkflow, WorkflowCancelled
 from .lease import Lease
-from .models import Workflow, WorkflowStatus
+from .models import StepStatus, Workflow, WorkflowStatus
 from .store import SavedStep, Store
 
 if TYPE_CHECKING:
@@ -39,8 +40,6 @@ class Run:
     store: Store
     lease: Lease
     saved: dict[str, SavedStep]
-    # The step the workflow last failed on: its saved error runs again instead of being replayed.
-    failed_step: str | None = None
     thread: int = field(default_factory=threading.get_ident)
     pid: int = field(default_factory=os.getpid)
     # Inside a test case's transaction, step bodies run in savepoints (see runtime).
@@ -57,9 +56,13 @@ class Run:
     # Saved step ids in position order, and how many of them this run has passed.
     _order: list[str] = field(default_factory=list)
     _passed: int = 0
+    # The saved step error that runs again: the last saved step, if it failed.
+    rerun: str | None = None
 
     def __post_init__(self) -> None:
         self._order = sorted(self.saved, key=lambda key: self.saved[key].position)
+        if self._order and self.saved[self._order[-1]].status == StepStatus.ERROR:
+            self.rerun = self._order[-1]
 
     def next_step_id(self, name: str) -> str:
         """Return the checkpoint key of the next call of step ``name``: name, name#2, ..."""

@@ -110,7 +110,7 @@ def run_workflow(
     workflow.status = WorkflowStatus.RUNNING
     workflow.attempts = claimed.attempts
     workflow.recovery_attempts = claimed.recovery_attempts
-    run = Run(workflow, store, lease, claimed.steps, claimed.failed_step, savepoints=savepoints)
+    run = Run(workflow, store, lease, claimed.steps, savepoints=savepoints)
     return _execute(definition, run, saved_args, saved_kwargs)
 
 
@@ -185,7 +185,7 @@ def run_claimed(claimed: Claimed, store: Store, lease: Lease) -> Any:
         workflow.error = error_info(exc)
         store.end(workflow.id, lease.token, WorkflowStatus.ERROR, error=error_text(exc))
         raise exc from None
-    run = Run(workflow, store, lease, claimed.steps, claimed.failed_step)
+    run = Run(workflow, store, lease, claimed.steps)
     return _execute(definition, run, args, kwargs)
 
 
@@ -233,7 +233,8 @@ def refuse_in_transaction(alias: str, call: str, definition: WorkflowFunction[..
 
 def _unclaimable(workflow: Workflow, store: Store) -> Any:
     """Explain why a claim found nothing to take, or return the saved result of a SUCCESS."""
-    row = Workflow.objects.using(store.alias).filter(pk=workflow.id).first()
+    # Not the input: it is the caller's already, and may be what no longer decodes.
+    row = Workflow.objects.using(store.alias).defer("input").filter(pk=workflow.id).first()
     if row is None:
         raise WorkflowNotFound(workflow.id)
     for name in ("status", "result", "error", "lease_owner", "lease_expires_at", "updated_at"):

@@ -41,7 +41,6 @@ DIALECT = {
             "statement_timestamp() + %(delay)s::float8 * interval '1 second')"
         ),
         "distinct": "IS DISTINCT FROM",
-        "failed_step": "error ->> 'step'",
         "json": "::jsonb",
         "uuid": "::uuid",
         "text": "::text",
@@ -53,7 +52,6 @@ DIALECT = {
         "extend": "max(coalesce(lease_expires_at, %(until)s), %(until)s)",
         "run_at": "%(run_at)s",
         "distinct": "IS NOT",
-        "failed_step": "json_extract(error, '$.step')",
         "json": "",
         "uuid": "",
         "text": "",
@@ -86,9 +84,7 @@ SELECT inserted.*, pg_notify('{channel}', %(queue)s) FROM inserted
 # Take the workflow if nobody holds a live lease on it, or if this process holds it under the
 # token it remembers (a run here ended without giving it back: the database went away). Owner
 # names are for people: two containers may share one. A workflow whose lease expired while
-# RUNNING is a recovery: its owner died (or hung) and this process takes it over. The claim also
-# returns the step the workflow last failed on, which is the one step whose saved error a resume
-# runs again rather than replays.
+# RUNNING is a recovery: its owner died (or hung) and this process takes it over.
 CLAIM = """
 UPDATE pgqrs_workflows SET
     status = 'RUNNING', lease_owner = %(owner)s{text}, lease_token = %(token)s{uuid},
@@ -102,7 +98,7 @@ WHERE workflow_id = %(id)s AND name = %(name)s AND (
     OR (status IN ('RUNNING', 'SLEEPING') AND (
         lease_expires_at IS NULL OR lease_expires_at < {now}
         OR lease_token = %(previous)s{uuid} OR %(force)s{bool})))
-RETURNING workflow_id, name, input, attempts, recovery_attempts, {failed_step} AS failed_step
+RETURNING workflow_id, name, input, attempts, recovery_attempts
 """
 
 # A worker takes the most urgent due workflow of its queues. SKIP LOCKED: workers never wait for
@@ -120,8 +116,7 @@ UPDATE pgqrs_workflows w SET
     status = 'RUNNING', lease_owner = %(owner)s::text, lease_token = %(token)s::uuid,
     lease_expires_at = {until}, updated_at = statement_timestamp(), attempts = w.attempts + 1
 FROM next WHERE w.workflow_id = next.workflow_id
-RETURNING w.workflow_id, w.name, w.input, w.attempts, w.recovery_attempts,
-    w.error ->> 'step' AS failed_step
+RETURNING w.workflow_id, w.name, w.input, w.attempts, w.recovery_attempts
 """,
     "sqlite": """
 UPDATE pgqrs_workflows SET
@@ -133,8 +128,7 @@ WHERE workflow_id = (
         AND run_at <= {now}
     ORDER BY priority DESC, run_at, workflow_id
     LIMIT 1)
-RETURNING workflow_id, name, input, attempts, recovery_attempts,
-    json_extract(error, '$.step') AS failed_step
+RETURNING workflow_id, name, input, attempts, recovery_attempts
 """,
 }
 
@@ -144,7 +138,7 @@ RETURNING workflow_id, name, input, attempts, recovery_attempts,
 WITH_STEPS = """
 WITH claimed AS ({claim})
 SELECT claimed.workflow_id, claimed.name, claimed.input::text, claimed.attempts,
-    claimed.recovery_attempts, claimed.failed_step,
+    claimed.recovery_attempts,
     (SELECT json_agg(json_build_array(s.step_id, s.position, s.status, s.output::text,
                                       s.attempts, s.error, s.args_digest)
                      ORDER BY s.position)::text

@@ -77,7 +77,7 @@ def call_step(
                 f"The saved result of step {step_id!r} of workflow {run.workflow.id} cannot be "
                 f"decoded: {exc}"
             ) from None
-    if step_id != run.failed_step:
+    if step_id != run.rerun:
         error = failures.rebuild(saved.error or {}, step_id)
         run.errors[id(error)] = (error, step_id)
         raise error

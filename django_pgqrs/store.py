@@ -66,8 +66,6 @@ class Claimed:
     input_text: str | None
     attempts: int
     recovery_attempts: int
-    # The step the workflow last failed on (its error's "step"), if it failed on one.
-    failed_step: str | None
     steps: dict[str, SavedStep]
 
 
@@ -170,6 +168,8 @@ class Store:
                 with self.connection.cursor() as cursor:
                     yield cursor
         except (OperationalError, InterfaceError) as exc:
+            if _schema_error(exc):
+                raise
             raise StorageError(self.alias, exc) from exc
         except DataError as exc:
             raise PayloadError(f"The database {self.alias!r} refused a value: {exc}") from exc
@@ -291,7 +291,7 @@ class Store:
             if row is None:
                 return None
             if self.vendor == "postgresql":
-                saved = json.loads(row[6]) if row[6] else []
+                saved = json.loads(row[5]) if row[5] else []
             else:
                 cursor.execute(statements.STEPS, {"id": row[0]})
                 saved = [
@@ -299,7 +299,7 @@ class Store:
                     for r in cursor.fetchall()
                 ]
         steps = {r[0]: SavedStep(r[1], r[2], r[3], r[4], r[5], r[6]) for r in saved}
-        return Claimed(row[0], row[1], row[2], row[3], row[4], row[5], steps)
+        return Claimed(row[0], row[1], row[2], row[3], row[4], steps)
 
     def checkpoint(
         self,
@@ -445,6 +445,8 @@ class Store:
                 cursor.execute(self.sql_renew, params)
                 rows = cursor.fetchall()
         except (OperationalError, InterfaceError) as exc:
+            if _schema_error(exc):
+                raise
             raise StorageError(self.alias, exc) from exc
         renewed = frozenset(row[0] for row in rows if row[1])
         if self.vendor == "sqlite":
@@ -453,6 +455,13 @@ class Store:
         else:
             lost = frozenset(row[0] for row in rows if not row[1])
         return Renewal(renewed, lost)
+
+
+def _schema_error(exc: Exception) -> bool:
+    """Whether SQLite's OperationalError says the schema is wrong (tables not migrated), which
+    waiting will not mend, rather than that the database is busy or unreachable."""
+    message = str(exc)
+    return message.startswith(("no such table", "no such column"))
 
 
 def workflows_alias() -> str:

@@ -264,6 +264,10 @@ class Worker:
             logger.warning("Recovery skipped: %s", exc)
             _close_if_broken(self.alias)
             return 0
+        except Exception:
+            logger.exception("Recovery failed")
+            _close_if_broken(self.alias)
+            return 0
         for item in reaped:
             if item.status == WorkflowStatus.ERROR:
                 logger.error(

@@ -8,13 +8,15 @@ import decimal
 import enum
 import json
 import math
+import os
+import sys
 import uuid
 from typing import Any
 
 import pytest
 
 from django_pgqrs import PayloadError
-from django_pgqrs.codec import dump, loads
+from django_pgqrs.codec import digest, dump, loads
 
 
 class Color(enum.Enum):
@@ -279,3 +281,55 @@ def test_a_payload_larger_than_the_limit_is_refused() -> None:
 def test_a_payload_of_exactly_the_limit_is_accepted() -> None:
     text = dump("x" * 8, "value", max_bytes=10)
     assert len(text.encode()) == 10
+
+
+def test_minus_zero_keeps_its_sign() -> None:
+    decoded = round_trip([-0.0, 0.0])
+    assert [math.copysign(1, x) for x in decoded] == [-1, 1]
+
+
+def test_strings_that_utf8_cannot_encode_come_back_as_they_were() -> None:
+    name = os.fsdecode(b"report-\xff\xfe.csv")  # a file name that is not UTF-8
+    value = {name: [name, "plain"], "k": name}
+    decoded = round_trip(value)
+    assert decoded == value
+    dump(value, "value").encode()  # the stored text is valid UTF-8, as PostgreSQL needs
+    assert json.loads(dump(name, "value"))["__pgqrs__"] == "str"
+
+
+def test_an_enum_member_that_no_longer_exists_raises_payload_error_saying_so() -> None:
+    text = dump(Color.RED, "value").replace('"red"', '"purple"')
+    with pytest.raises(PayloadError, match="'purple' is not a valid Color"):
+        loads(text)
+
+
+def test_a_dataclass_that_gained_a_required_field_raises_payload_error() -> None:
+    text = dump(Coordinates(1.0, 2.0), "value").replace(',"lon":2.0', "")
+    with pytest.raises(PayloadError, match="lon"):
+        loads(text)
+
+
+def test_text_that_is_not_json_raises_payload_error() -> None:
+    with pytest.raises(PayloadError, match="not valid JSON"):
+        loads('{"a": ')
+
+
+def test_decoding_never_imports_a_module_outside_the_installed_apps() -> None:
+    assert "antigravity" not in sys.modules
+    text = json.dumps({"__pgqrs__": "enum", "cls": "antigravity:Thing", "v": 1})
+    with pytest.raises(PayloadError, match="neither imported nor part of an installed app"):
+        loads(text)
+    assert "antigravity" not in sys.modules
+
+
+def test_the_digest_of_equal_values_is_equal_whatever_their_order() -> None:
+    assert digest({"b": 1, "a": {"x", "y", "z"}}) == digest({"a": {"z", "y", "x"}, "b": 1})
+    assert digest({1: "a", 2: "b"}) == digest({2: "b", 1: "a"})
+    assert digest([1, 2]) != digest([2, 1])
+    assert digest({"a": 1}) != digest({"a": 1.5})
+
+
+def test_the_digest_takes_any_value() -> None:
+    assert digest({"obj": object()}) == digest({"obj": object()})
+    assert digest(Coordinates(1.0, 2.0)) == digest(Coordinates(1.0, 2.0))
+    assert digest(Coordinates(1.0, 2.0)) != digest(Coordinates(1.0, 3.0))

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import datetime
+import os
+import signal
 import socket
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from django.contrib.auth.models import Group
@@ -16,7 +19,7 @@ from django.utils import timezone
 
 from django_pgqrs import LeaseLost, Workflow, WorkflowBusy, WorkflowStep, create_workflow, resume
 from django_pgqrs.lease import Lease, heartbeat, process_owner
-from tests import workflows
+from tests import fault_workflows, workflows
 from tests.workflows import runs
 
 
@@ -199,3 +202,83 @@ def test_a_run_takes_back_the_lease_a_failed_run_here_left_behind():
     saved = Workflow.objects.get(pk=ctx.id)
     assert (saved.status, saved.recovery_attempts) == ("SUCCESS", 0)
     assert heartbeat.take_back(ctx.id) is None
+
+
+# --- Forks --------------------------------------------------------------------------------------
+
+
+def running_row(lease_seconds: float) -> Lease:
+    ctx = create_workflow("add_three", 1)
+    lease = Lease("default", ctx.id)
+    Workflow.objects.filter(pk=ctx.id).update(
+        status="RUNNING",
+        lease_owner=process_owner(),
+        lease_token=lease.token,
+        lease_expires_at=timezone.now() + datetime.timedelta(seconds=lease_seconds),
+    )
+    return lease
+
+
+def in_child(body: Callable[[], None], timeout: int = 10) -> int:
+    """Fork; run ``body`` in the child, which exits 0 if it returns (killed after ``timeout``)."""
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(timeout)
+        try:
+            body()
+        except BaseException:
+            os._exit(1)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(PGQRS={"LEASE_SECONDS": 1.5, "HEARTBEAT_SECONDS": 0.1})
+def test_a_forked_child_does_not_renew_its_parents_leases():
+    parents, childs = running_row(1.5), running_row(1.5)
+    connections.close_all()  # the child must not share the parent's connection
+    heartbeat.hold(parents)
+
+    def child_holds_its_own() -> None:
+        heartbeat.hold(childs)
+        time.sleep(3)
+
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(10)
+        child_holds_its_own()
+        os._exit(0)
+    heartbeat.drop(parents)  # as if the parent had died
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    rows = {w.id: w.lease_expires_at for w in Workflow.objects.all()}
+    assert rows[parents.workflow_id] < timezone.now() - datetime.timedelta(seconds=0.5)
+    assert rows[childs.workflow_id] > timezone.now() - datetime.timedelta(seconds=0.5)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_fork_while_another_thread_holds_the_heartbeats_lock_does_not_hang_the_child():
+    lease = running_row(30)
+    connections.close_all()
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_the_lock() -> None:
+        with heartbeat._lock:
+            holding.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=hold_the_lock)
+    thread.start()
+    holding.wait(5)
+    try:
+        assert in_child(lambda: (heartbeat.hold(lease), heartbeat.drop(lease))) == 0
+    finally:
+        release.set()
+        thread.join()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_step_called_in_a_forked_child_is_refused():
+    assert fault_workflows.forking.run() == "child exited 0"
+    assert runs == {}  # the child's call of during_step did not run

@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+
 import pytest
 from django.contrib.auth.models import Group
+from django.db import connections
 
 from django_pgqrs import (
     InputMismatch,
     NonDeterministicWorkflow,
+    StepFailed,
     StepOutsideWorkflow,
     UnknownWorkflow,
     Workflow,
+    WorkflowCancelled,
     WorkflowMismatch,
     WorkflowStep,
     create_workflow,
+    operations,
     resume,
 )
-from tests import workflows
+from tests import fault_workflows, workflows
+from tests.fault_workflows import Declined, checkout
 from tests.workflows import runs
 
 pytestmark = pytest.mark.django_db
@@ -253,3 +261,106 @@ def test_an_interrupted_run_gives_its_workflow_back_and_can_resume():
     assert list(steps_of(ctx.id)) == ["add_one"]  # the interrupted step saved nothing
     assert workflows.with_hook(ctx, 1) == [2, "done"]
     assert runs == {"add_one": 1, "during_step": 2}
+
+
+# --- Step errors the workflow went past ---------------------------------------------------------
+
+
+def test_a_step_error_the_workflow_caught_is_replayed_not_run_again():
+    """Payment declined, customer told, a later step fails: the resume must not charge again."""
+    workflows.failures.extend([Declined("no funds", code=51), RuntimeError("mail server down")])
+    ctx = create_workflow("checkout", 30)
+    with pytest.raises(RuntimeError, match="mail server down"):
+        checkout(ctx, 30)
+    saved = Workflow.objects.get(pk=ctx.id)
+    assert (saved.status, saved.error["step"]) == ("ERROR", "flaky")
+
+    assert checkout(ctx, 30) == "declined:51"
+    assert runs == {"charge_card": 1, "tell_customer_declined": 1, "flaky": 2}
+    assert steps_of(ctx.id)["charge_card"].status == "ERROR"
+
+
+def test_a_replayed_step_error_is_the_same_exception_with_its_arguments_and_attributes():
+    workflows.failures.extend([Declined("no funds", code=51), RuntimeError("later")])
+    ctx = create_workflow("describe_decline", 30)
+    with pytest.raises(RuntimeError):
+        fault_workflows.describe_decline(ctx, 30)
+    described = fault_workflows.describe_decline(ctx, 30)
+    assert (described["type"], described["args"], described["code"]) == (
+        "Declined",
+        ["no funds"],
+        51,
+    )
+    assert "raised again from its checkpoint" in described["notes"][0]
+    assert runs["charge_card"] == 1
+
+
+def test_the_step_the_workflow_failed_on_runs_again_even_through_a_wrapping_error():
+    ctx = create_workflow("wrapped_failure")
+    with pytest.raises(RuntimeError, match="cannot be paid"):
+        fault_workflows.wrapped_failure(ctx)
+    assert Workflow.objects.get(pk=ctx.id).error["step"] == "raise_declined"
+    with pytest.raises(RuntimeError):
+        fault_workflows.wrapped_failure(ctx)
+    assert runs == {"raise_declined": 2}
+
+
+def test_a_saved_error_whose_class_is_gone_is_replayed_as_step_failed():
+    workflows.failures.extend([Declined("no funds", code=51), RuntimeError("later")])
+    ctx = create_workflow("checkout", 30)
+    with pytest.raises(RuntimeError):
+        checkout(ctx, 30)
+    step = WorkflowStep.objects.get(workflow=ctx.id, step_id="charge_card")
+    step.error = {**step.error, "class": "tests.fault_workflows:NoSuchError"}
+    step.save()
+    with pytest.raises(StepFailed, match=r"charge_card.*Declined: no funds") as caught:
+        checkout(ctx, 30)
+    assert caught.value.error["type"] == "tests.fault_workflows.Declined"
+    assert "raised this error when it ran" in "".join(caught.value.__notes__)
+    assert runs["charge_card"] == 1
+
+
+# --- Retries ------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_retries_stop_once_the_workflow_is_cancelled():
+    def cancel_from_elsewhere(ctx: Workflow) -> None:
+        thread = threading.Thread(
+            target=lambda: (operations.cancel([ctx.id]), connections.close_all())
+        )
+        thread.start()
+        thread.join()
+
+    workflows.hooks.append(cancel_from_elsewhere)
+    ctx = create_workflow("retry_forever")
+    with pytest.raises(WorkflowCancelled):
+        fault_workflows.retry_forever(ctx)
+    assert runs == {"always_failing": 1}
+    assert Workflow.objects.get(pk=ctx.id).status == "CANCELLED"
+    assert not WorkflowStep.objects.filter(workflow=ctx.id).exists()
+
+
+# --- Exceptions that are not Exceptions ---------------------------------------------------------
+
+
+def test_system_exit_in_the_main_thread_stops_the_process_and_gives_the_workflow_back():
+    ctx = create_workflow("exiting", "exit")
+    with pytest.raises(SystemExit):
+        fault_workflows.exiting(ctx, "exit")
+    saved = Workflow.objects.get(pk=ctx.id)
+    assert (saved.status, saved.lease_token, saved.error) == ("PENDING", None, None)
+    assert not saved.steps.exists()
+
+
+def test_a_cancelled_error_from_a_step_is_saved_as_its_failure_and_not_retried():
+    ctx = create_workflow("exiting", "cancelled")
+    with pytest.raises(asyncio.CancelledError):
+        fault_workflows.exiting(ctx, "cancelled")
+    saved = Workflow.objects.get(pk=ctx.id)
+    assert (saved.status, saved.error["type"], saved.error["step"]) == (
+        "ERROR",
+        "asyncio.exceptions.CancelledError",
+        "exits",
+    )
+    assert runs == {"exits": 1}

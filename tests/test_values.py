@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime
 import decimal
 import json
+import math
+import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -14,11 +16,25 @@ from django.db import connection
 from django.test import override_settings
 
 from django_pgqrs import PayloadError, Workflow, WorkflowStep, create_workflow, resume
-from tests import workflows
+from tests import fault_workflows, workflows
 from tests.test_codec import typed
 from tests.workflows import Point, runs
 
 pytestmark = pytest.mark.django_db
+
+COLOR = "tests.fault_workflows:Color"
+TAG = "__pgqrs__"
+
+
+def write_raw(table: str, column: str, key: str, key_value: object, value: object) -> None:
+    """Write ``value`` to a payload column as JSON exactly as given, bypassing the codec."""
+    cast = "::jsonb" if connection.vendor == "postgresql" else ""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET {column} = %s{cast} WHERE {key} = %s",
+            [json.dumps(value), key_value],
+        )
+
 
 WHEN = datetime.datetime(2024, 5, 17, 13, 45, 12, 123456, tzinfo=datetime.UTC)
 POINT = Point(3, decimal.Decimal("1.50"))
@@ -314,3 +330,71 @@ def test_an_unstorable_workflow_result_of_run_marks_the_workflow_error():
     with pytest.raises(PayloadError):
         workflows.unstorable_result.run("object")
     assert Workflow.objects.get(name="unstorable_result").status == "ERROR"
+
+
+# --- Values that do not compare or encode as usual ----------------------------------------------
+
+
+def test_a_nan_in_the_input_does_not_stop_the_workflow_from_running_or_resuming():
+    ctx = create_workflow("echo_value", {"reading": float("nan")})
+    assert math.isnan(workflows.echo_value(ctx, {"reading": float("nan")})["reading"])
+    Workflow.objects.filter(pk=ctx.id).update(status="ERROR")
+    assert math.isnan(resume(ctx.id)["reading"])
+
+
+def test_minus_zero_keeps_its_sign_through_the_database():
+    workflows.echo_value.run([-0.0, 0.0])
+    saved = Workflow.objects.get(name="echo_value").result
+    assert [math.copysign(1, x) for x in saved] == [-1, 1]
+
+
+def test_strings_that_utf8_cannot_encode_go_through_a_workflow_intact():
+    name = os.fsdecode(b"scan-\xff.pdf")
+    handle = workflows.echo_value.start([name])
+    assert handle.workflow().input == {"args": [[name]], "kwargs": {}}
+    assert fault_workflows.atomic_echo.run(name) == name
+    assert runs["atomic_echo"] == 1  # stored once, not retried for an encoding error
+    assert workflows.echo_value.run(name) == name
+
+
+def test_a_step_error_whose_message_utf8_cannot_encode_is_saved():
+    name = os.fsdecode(b"scan-\xff.pdf")
+    with pytest.raises(RuntimeError):
+        workflows.failing.run(f"cannot open {name}")
+    saved = Workflow.objects.get(name="failing")
+    assert saved.status == "ERROR"
+    assert saved.error["message"] == "cannot open scan-\\udcff.pdf"
+    assert saved.lease_token is None
+
+
+# --- Saved values that no longer decode ---------------------------------------------------------
+
+
+def test_a_saved_step_result_that_no_longer_decodes_fails_the_workflow_naming_the_step():
+    workflows.failures.append(RuntimeError("later step fails"))
+    ctx = create_workflow("colored", "RED")
+    with pytest.raises(RuntimeError):
+        fault_workflows.colored(ctx, "RED")
+    # As if the member RED had been removed from the Enum by a deploy.
+    pick = WorkflowStep.objects.get(workflow=ctx.id, step_id="pick").pk
+    write_raw(
+        "pgqrs_workflow_steps", "output", "id", pick, {TAG: "enum", "cls": COLOR, "v": "purple"}
+    )
+    with pytest.raises(PayloadError, match=r"saved result of step 'pick'.*'purple'"):
+        fault_workflows.colored(ctx, "RED")
+    saved = Workflow.objects.get(pk=ctx.id)
+    assert (saved.status, saved.lease_token) == ("ERROR", None)
+    assert "'purple' is not a valid Color" in saved.error["message"]
+    # Restored (here: the saved value mended), the workflow resumes.
+    write_raw("pgqrs_workflow_steps", "output", "id", pick, {TAG: "enum", "cls": COLOR, "v": "red"})
+    assert fault_workflows.colored(ctx, "RED") == "red"
+    assert runs["pick"] == 1
+
+
+def test_a_saved_input_that_no_longer_decodes_cannot_be_resumed_and_says_why():
+    ctx = create_workflow("color_input", fault_workflows.Color.RED)
+    purple = {TAG: "enum", "cls": COLOR, "v": "purple"}
+    write_raw("pgqrs_workflows", "input", "workflow_id", ctx.id, {"args": [purple], "kwargs": {}})
+    with pytest.raises(PayloadError, match=f"Workflow {ctx.id} cannot be resumed.*purple"):
+        resume(ctx.id)
+    assert Workflow.objects.filter(pk=ctx.id, status="PENDING").exists()

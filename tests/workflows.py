@@ -282,3 +282,6 @@ def per_key(ctx: Workflow, numbers: dict[str, int]) -> dict[str, int]:
     added = {key: add_one(ctx, n) for key, n in numbers.items()}
     flaky(ctx, None)
     return added
+
+
+from tests import fault_workflows  # noqa: E402, F401 - registers the fault tests' workflows

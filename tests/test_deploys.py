@@ -1,0 +1,80 @@
+"""Code that changes while workflows are under way: steps added before saved ones."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from django_pgqrs import NonDeterministicWorkflow, Workflow, WorkflowStep, create_workflow
+from tests import workflows
+from tests.fault_workflows import deployed, fetch_all, fulfil
+from tests.workflows import runs
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def _old_code() -> Iterator[None]:
+    deployed.clear()
+    yield
+    deployed.clear()
+
+
+def positions(workflow_id: int) -> list[tuple[str, int, str]]:
+    return list(
+        WorkflowStep.objects.filter(workflow_id=workflow_id)
+        .order_by("position")
+        .values_list("step_id", "position", "status")
+    )
+
+
+def test_a_step_added_before_saved_ones_survives_every_later_resume():
+    workflows.failures.append(RuntimeError("carrier down"))
+    ctx = create_workflow("fulfil", 7)
+    with pytest.raises(RuntimeError):
+        fulfil(ctx, 7)
+
+    deployed.add("validate_address")
+    workflows.failures.append(RuntimeError("carrier down again"))
+    with pytest.raises(RuntimeError, match="again"):
+        fulfil(ctx, 7)  # the first resume after the deploy
+    assert positions(ctx.id) == [
+        ("validate_address", 1, "SUCCESS"),
+        ("charge", 2, "SUCCESS"),
+        ("flaky", 3, "ERROR"),
+    ]
+    assert fulfil(ctx, 7) == ["valid:7", "charged:7", "shipped:7"]  # and the next one
+    assert runs == {"charge": 1, "validate_address": 1, "flaky": 3}
+    assert Workflow.objects.get(pk=ctx.id).status == "SUCCESS"
+
+
+def test_a_call_of_a_saved_step_added_before_its_saved_calls_is_refused():
+    """``fetch`` and ``fetch#2`` are saved; a new first ``fetch`` must not get their results."""
+    workflows.failures.append(RuntimeError("later step down"))
+    ctx = create_workflow("fetch_all", ["https://a.example", "https://b.example"])
+    with pytest.raises(RuntimeError):
+        fetch_all(ctx, ["https://a.example", "https://b.example"])
+
+    deployed.add("extra_fetch")
+    with pytest.raises(NonDeterministicWorkflow, match="'fetch' with other arguments") as caught:
+        fetch_all(ctx, ["https://a.example", "https://b.example"])
+    assert (caught.value.position, caught.value.saved) == (1, "fetch")
+    assert runs == {"fetch:https://a.example": 1, "fetch:https://b.example": 1, "flaky": 1}
+    saved = Workflow.objects.get(pk=ctx.id)
+    assert (saved.status, saved.error["type"]) == (
+        "ERROR",
+        "django_pgqrs.exceptions.NonDeterministicWorkflow",
+    )
+
+
+def test_the_same_arguments_passed_another_way_are_the_same_call():
+    workflows.failures.append(RuntimeError("later step down"))
+    ctx = create_workflow("fetch_all", ["https://a.example"])
+    with pytest.raises(RuntimeError):
+        fetch_all(ctx, ["https://a.example"])
+    step = WorkflowStep.objects.get(workflow=ctx.id, step_id="fetch")
+    assert step.args_digest is not None
+    deployed.add("keyword_fetch")  # fetch(ctx, url=url) where it was fetch(ctx, url)
+    assert fetch_all(ctx, ["https://a.example"]) == ["page of https://a.example"]
+    assert runs["fetch:https://a.example"] == 1
