@@ -72,6 +72,7 @@ def sql_alone(count: int) -> float:
                 "token": token,
                 "lease": 30.0,
                 "delay": 0.0,
+                "run_at": None,
                 "queue": "default",
                 "priority": 0,
                 "idempotency_key": None,
@@ -92,8 +93,10 @@ def sql_alone(count: int) -> float:
                     "attempts": 1,
                     "started_at": now,
                     "completed_at": now,
+                    "args_digest": "0123456789abcdef",
                 }
-                raw.execute(store.sql_checkpoint, checkpoint, prepare=True).fetchone()
+                (sql,) = store.sql_checkpoint  # one statement on PostgreSQL
+                raw.execute(sql, checkpoint, prepare=True).fetchone()
             end = {"id": workflow_id, "token": token, "status": "SUCCESS", "lease": 0.0}
             end.update(result='"saved 2"', error=None)
             raw.execute(store.sql_end, end, prepare=True).fetchone()
