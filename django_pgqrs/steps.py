@@ -20,6 +20,7 @@ What a body raises decides what is saved:
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -171,13 +172,13 @@ def _run_body(
         try:
             if in_transaction:
                 with transaction.atomic(using=alias):
-                    text = _body(definition, ctx, args, kwargs, step_id)
+                    text = _body(definition, ctx, args, kwargs, step_id, alias)
                     if definition.atomic and not _checkpoint(
                         run, step_id, position, shift, attempts, started, digest, text
                     ):
                         raise _NotWritten
             else:
-                text = _body(definition, ctx, args, kwargs, step_id)
+                text = _body(definition, ctx, args, kwargs, step_id, alias)
         except _NotWritten:
             return _adopt(run, step_id)
         except (LeaseLost, WorkflowCancelled, StorageError):
@@ -186,7 +187,7 @@ def _run_body(
             run.step = None
             if interruption(exc):
                 raise
-            if _outage(exc, alias):
+            if _outage(exc, alias):  # the transaction's end could not reach the database
                 raise StorageError(alias, exc) from exc
             if tries <= definition.retries and _retryable(definition, exc):
                 _wait_to_retry(run, definition.backoff * 2 ** (tries - 1))
@@ -207,9 +208,15 @@ def _run_body(
 
 
 def _body(
-    definition: StepFunction[..., Any], ctx: Any, args: Any, kwargs: Any, step_id: str
+    definition: StepFunction[..., Any], ctx: Any, args: Any, kwargs: Any, step_id: str, alias: str
 ) -> str:
-    value = definition.func(ctx, *args, **kwargs)
+    try:
+        value = definition.func(ctx, *args, **kwargs)
+    except (OperationalError, InterfaceError) as exc:
+        # Looked at here, before an atomic block's end replaces the broken connection.
+        if _outage(exc, alias):
+            raise StorageError(alias, exc) from exc
+        raise
     return codec.dump(value, f"result of step {step_id!r}", conf.MAX_PAYLOAD_BYTES)
 
 
@@ -222,17 +229,18 @@ def interruption(exc: BaseException) -> bool:
 
 
 def _outage(exc: BaseException, alias: str) -> bool:
-    """Whether a body's database error is the loss of the workflows' database, not a failure."""
+    """Whether a body's database error is the loss of the workflows' database, not a failure:
+    the error says the connection is gone, and this thread's connection to that database is."""
     if not isinstance(exc, OperationalError | InterfaceError):
         return False
     sqlstate = getattr(exc.__cause__, "sqlstate", None)
     if sqlstate is not None and not sqlstate.startswith("08") and sqlstate not in _SERVER_GONE:
         return False  # the server answered: a deadlock, a lock timeout, a cancelled query
-    connection = connections[alias]
-    try:
-        return connection.connection is None or not connection.is_usable()
-    except Exception:
+    raw = connections[alias].connection
+    if raw is None:
         return True
+    # psycopg 3 says "broken"; psycopg 2 "closed". SQLite has neither, and no connection to lose.
+    return bool(getattr(raw, "broken", False) or getattr(raw, "closed", False))
 
 
 def _retryable(definition: StepFunction[..., Any], exc: BaseException) -> bool:
@@ -266,7 +274,8 @@ def _checkpoint(
     exc: BaseException | None = None,
 ) -> bool:
     sent = time.monotonic()
-    written = run.store.checkpoint(
+    write = functools.partial(
+        run.store.checkpoint,
         workflow_id=run.workflow.id,
         token=run.lease.token,
         lease=conf.LEASE_SECONDS,
@@ -281,6 +290,14 @@ def _checkpoint(
         args_digest=digest,
         shift=shift,
     )
+    try:
+        written = write()
+    except StorageError:
+        if connections[run.store.alias].in_atomic_block:
+            raise  # the transaction is lost with the connection
+        # The connection was dropped (the store closed it): once more, on a new one. If the first
+        # attempt did commit, this one writes nothing and the saved output is adopted.
+        written = write()
     if written:
         run.lease.confirm(sent, conf.LEASE_SECONDS)
     return written

@@ -170,9 +170,21 @@ class Store:
         except (OperationalError, InterfaceError) as exc:
             if _schema_error(exc):
                 raise
+            self.close_if_broken()
             raise StorageError(self.alias, exc) from exc
         except DataError as exc:
             raise PayloadError(f"The database {self.alias!r} refused a value: {exc}") from exc
+
+    def close_if_broken(self) -> None:
+        """Drop this thread's connection if it is unusable, so that the next write reconnects
+        (Django would only drop it at the end of a request). Not inside a transaction: its owner
+        must see it fail."""
+        connection = self.connection
+        if connection.connection is None or connection.in_atomic_block:
+            return
+        with contextlib.suppress(Exception):
+            if not connection.is_usable():
+                connection.close()
 
     def _params(
         self,

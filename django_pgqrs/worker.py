@@ -262,11 +262,11 @@ class Worker:
             reaped = self.store.reap(conf.MAX_RECOVERY_ATTEMPTS)
         except StorageError as exc:
             logger.warning("Recovery skipped: %s", exc)
-            _close_if_broken(self.alias)
+            self.store.close_if_broken()
             return 0
         except Exception:
             logger.exception("Recovery failed")
-            _close_if_broken(self.alias)
+            self.store.close_if_broken()
             return 0
         for item in reaped:
             if item.status == WorkflowStatus.ERROR:
@@ -319,7 +319,7 @@ class Worker:
                         number,
                         failures,
                     )
-                    _close_if_broken(self.alias)
+                    self.store.close_if_broken()
                     if failures >= RUNNER_FAILURES:
                         self._give_up(f"runner {number} failed {failures} times in a row: {exc}")
                         self._finished.add(number)
@@ -346,7 +346,7 @@ class Worker:
             )
         except StorageError as exc:
             logger.warning("Could not claim a workflow: %s", exc)
-            _close_if_broken(self.alias)
+            self.store.close_if_broken()
             self.stopping.wait(conf.POLL_SECONDS)
             return False
         if claimed is None:
@@ -368,7 +368,7 @@ class Worker:
         except StorageError as exc:
             # Its lease is given back by the heartbeat once the database answers.
             logger.warning("Workflow %s interrupted: %s", label, exc)
-            _close_if_broken(self.alias)
+            self.store.close_if_broken()
         except UnknownWorkflow as exc:
             logger.error("Workflow %s not run: %s", label, exc)
         except BaseException as exc:
@@ -436,10 +436,3 @@ class Listener:
             with contextlib.suppress(Exception):
                 self._connection.close()
             self._connection = None
-
-
-def _close_if_broken(alias: str) -> None:
-    """Drop this thread's connection if it is unusable, so the next query reconnects."""
-    connection = connections[alias]
-    if connection.connection is not None and not connection.is_usable():
-        connection.close()

@@ -264,3 +264,27 @@ def fork_and_call_a_step(ctx: Workflow) -> str:
 @workflow
 def forking(ctx: Workflow) -> str:
     return fork_and_call_a_step(ctx)
+
+
+# --- Outages ------------------------------------------------------------------------------------
+
+
+def _query_while_held(ctx: Workflow, n: int) -> int:
+    """Queries the database until the file named by PGQRS_TEST_HOLD is gone."""
+    trace("query_while_held")
+    hold = os.environ.get("PGQRS_TEST_HOLD")
+    if hold and os.path.exists(hold):
+        print(f"querying in workflow {ctx.id}", flush=True)
+        while os.path.exists(hold):
+            Group.objects.count()
+            time.sleep(0.02)
+    return n
+
+
+query_while_held = step(name="query_while_held")(_query_while_held)
+query_while_held_atomic = step(name="query_while_held", atomic=True)(_query_while_held)
+
+
+@workflow
+def talks_to_the_database(ctx: Workflow, n: int, atomic: bool) -> int:
+    return (query_while_held_atomic if atomic else query_while_held)(ctx, n) + 1
