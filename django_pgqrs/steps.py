@@ -169,6 +169,7 @@ def _run_body(
         tries += 1
         started = timezone.now()
         run.step = definition
+        committing = False
         try:
             if in_transaction:
                 with transaction.atomic(using=alias):
@@ -177,6 +178,7 @@ def _run_body(
                         run, step_id, position, shift, attempts, started, digest, text
                     ):
                         raise _NotWritten
+                    committing = True
             else:
                 text = _body(definition, ctx, args, kwargs, step_id, alias)
         except _NotWritten:
@@ -187,7 +189,9 @@ def _run_body(
             run.step = None
             if interruption(exc):
                 raise
-            if _outage(exc, alias):  # the transaction's end could not reach the database
+            if _outage(exc, alias) or (committing and _connection_gone(exc)):
+                # The commit of the step's transaction may or may not have happened: the next
+                # claim reads what was saved.
                 raise StorageError(alias, exc) from exc
             if tries <= definition.retries and _retryable(definition, exc):
                 _wait_to_retry(run, definition.backoff * 2 ** (tries - 1))
@@ -231,16 +235,22 @@ def interruption(exc: BaseException) -> bool:
 def _outage(exc: BaseException, alias: str) -> bool:
     """Whether a body's database error is the loss of the workflows' database, not a failure:
     the error says the connection is gone, and this thread's connection to that database is."""
-    if not isinstance(exc, OperationalError | InterfaceError):
+    if not _connection_gone(exc):
         return False
-    sqlstate = getattr(exc.__cause__, "sqlstate", None)
-    if sqlstate is not None and not sqlstate.startswith("08") and sqlstate not in _SERVER_GONE:
-        return False  # the server answered: a deadlock, a lock timeout, a cancelled query
     raw = connections[alias].connection
     if raw is None:
         return True
     # psycopg 3 says "broken"; psycopg 2 "closed". SQLite has neither, and no connection to lose.
     return bool(getattr(raw, "broken", False) or getattr(raw, "closed", False))
+
+
+def _connection_gone(exc: BaseException) -> bool:
+    """Whether a database error says its connection is gone, rather than that the server
+    answered (a deadlock, a lock timeout, a cancelled query, a constraint)."""
+    if not isinstance(exc, OperationalError | InterfaceError):
+        return False
+    sqlstate = getattr(exc.__cause__, "sqlstate", None)
+    return sqlstate is None or sqlstate.startswith("08") or sqlstate in _SERVER_GONE
 
 
 def _retryable(definition: StepFunction[..., Any], exc: BaseException) -> bool:

@@ -25,6 +25,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
@@ -113,6 +114,8 @@ class Worker:
         self._leases: dict[int, Lease] = {}  # runner thread id -> lease of its current workflow
         self._runners: list[threading.Thread] = []
         self._finished: set[int] = set()  # runners (by index) that ended on purpose
+        # No recovery before this time (time.monotonic()): see _outage().
+        self._reap_after = 0.0
 
     @property
     def store(self) -> Store:
@@ -190,7 +193,9 @@ class Worker:
 
     def _listen(self) -> None:
         """Until stopping: wake runners on notifications and each poll; recover dead owners'."""
-        listener = Listener(self.alias) if self.store.vendor == "postgresql" else None
+        listener = None
+        if self.store.vendor == "postgresql":
+            listener = Listener(self.alias, on_failure=self._outage)
         next_poll = 0.0
         try:
             while not self.stopping.is_set():
@@ -256,13 +261,26 @@ class Worker:
                 failed.append(lease)
         return failed
 
+    def _outage(self) -> None:
+        """The database was out of reach: hold recovery back for one lease length.
+
+        During an outage no owner can renew its lease, so leases run out while their owners
+        still run steps. Once the database is back, every owner's heartbeat renews within a
+        second; taking their workflows before that would run the same steps twice. The owners
+        that died meanwhile are taken over one lease later.
+        """
+        self._reap_after = time.monotonic() + conf.LEASE_SECONDS
+
     def _reap(self) -> int:
         """Take back workflows whose owners' leases expired; return how many."""
+        if time.monotonic() < self._reap_after:
+            return 0
         try:
             reaped = self.store.reap(conf.MAX_RECOVERY_ATTEMPTS)
         except StorageError as exc:
             logger.warning("Recovery skipped: %s", exc)
             self.store.close_if_broken()
+            self._outage()
             return 0
         except Exception:
             logger.exception("Recovery failed")
@@ -347,6 +365,7 @@ class Worker:
         except StorageError as exc:
             logger.warning("Could not claim a workflow: %s", exc)
             self.store.close_if_broken()
+            self._outage()
             self.stopping.wait(conf.POLL_SECONDS)
             return False
         if claimed is None:
@@ -369,6 +388,7 @@ class Worker:
             # Its lease is given back by the heartbeat once the database answers.
             logger.warning("Workflow %s interrupted: %s", label, exc)
             self.store.close_if_broken()
+            self._outage()
         except UnknownWorkflow as exc:
             logger.error("Workflow %s not run: %s", label, exc)
         except BaseException as exc:
@@ -394,8 +414,9 @@ class Worker:
 class Listener:
     """A PostgreSQL connection that LISTENs for due workflows; reconnects after failures."""
 
-    def __init__(self, alias: str) -> None:
+    def __init__(self, alias: str, on_failure: Callable[[], None] = lambda: None) -> None:
         self.alias = alias
+        self.on_failure = on_failure
         self._connection: Any = None
         self._retry_at = 0.0
 
@@ -414,6 +435,7 @@ class Listener:
                     break
         except Exception as exc:  # any failure of the listening connection: poll instead
             logger.warning("Listening for notifications failed (%s); polling until it is back", exc)
+            self.on_failure()
             self.close()
             self._retry_at = time.monotonic() + 1.0
         return False

@@ -123,3 +123,30 @@ def processes(tmp_path: Path, transactional_db: None) -> Iterator[Processes]:
     helper = Processes(tmp_path)
     yield helper
     helper.stop_all()
+
+
+from tests.cluster import PrivateCluster, postgres_bindir  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def private_postgres() -> Iterator[PrivateCluster]:
+    """A PostgreSQL cluster of the session's own, for tests that restart it or cut its sessions.
+
+    The suite's server may be shared with other programs, which such tests would disturb.
+    Skipped where PostgreSQL's server programs are not installed (a failure in CI), and in the
+    SQLite run, whose tests have no use for it.
+    """
+    if os.environ.get("PGQRS_TEST_DB", "postgres") != "postgres":
+        pytest.skip("PostgreSQL only")
+    bindir = postgres_bindir()
+    if bindir is None:
+        message = "PostgreSQL's initdb not found (pg_config --bindir, /usr/lib/postgresql/*/bin)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    cluster = PrivateCluster(bindir)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.destroy()

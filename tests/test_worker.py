@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import os
 import signal
 import socket
 import threading
@@ -21,9 +20,14 @@ from django_pgqrs import (
     WorkflowMismatch,
     WorkflowStep,
     WorkflowTimeout,
+    create_workflow,
+    operations,
     start_workflow,
 )
 from django_pgqrs.worker import Worker
+from tests import fault_workflows, workflows
+from tests.fault_workflows import exiting
+from tests.test_values import COLOR, TAG, write_raw
 from tests.worker_workflows import worker_failing, worker_poison, worker_three
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -161,6 +165,8 @@ def test_a_killed_worker_is_replaced_and_finished_steps_do_not_run_again(process
     assert (saved.attempts, saved.recovery_attempts) == (2, 1)
     heir.send_signal(signal.SIGTERM)
     assert heir.wait(timeout=20) == 0
+    # The log names the dead owner (host:pid:thread), read before recovery cleared it.
+    assert f"its owner {socket.gethostname()}:{doomed.pid}:" in processes.stderr_of(heir)
 
 
 def test_a_step_longer_than_the_lease_keeps_its_workflow_thanks_to_the_heartbeat(processes):
@@ -268,33 +274,42 @@ def test_a_worker_waits_for_a_database_unreachable_at_start(processes, postgres_
     assert handle.result(timeout=1) == 13
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="restarting PostgreSQL needs root")
-def test_workers_survive_a_postgresql_restart(processes, postgres_only):
-    import shutil
-    import subprocess
+def test_workers_survive_a_postgresql_restart(processes, postgres_only, private_postgres):
+    # A cluster of the test's own: the suite's server may be shared, and must not be restarted.
+    from tests.chaos import UNFINISHED, PrivateDatabase
 
-    if not shutil.which("pg_ctlcluster") or not os.path.isdir("/etc/postgresql"):
-        pytest.skip("no local PostgreSQL cluster to restart")
-    version = sorted(os.listdir("/etc/postgresql"))[-1]
-    handles = [worker_three.start(n) for n in range(300)]
-    workers = [processes.start("pgqrs_worker", "--concurrency", "2", **FAST) for _ in range(2)]
-    wait_until(lambda: Workflow.objects.filter(status="SUCCESS").count() > 20, what="some progress")
-    connection.close()
-    subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
-        check=True,
-        timeout=60,
-    )
-    connection.close()
+    database = PrivateDatabase.create(private_postgres, "restart")
+    database.migrate()
+    count = 300
+    database.enqueue([("worker_three", [n], 0.0) for n in range(count)])
+    workers = [
+        processes.start("pgqrs_worker", "--concurrency", "2", **FAST, **database.settings)
+        for _ in range(2)
+    ]
+
+    def statuses() -> Counter[str]:
+        with database.connect() as db:
+            return Counter(
+                dict(db.execute("SELECT status, count(*) FROM pgqrs_workflows GROUP BY 1"))
+            )
+
+    before = wait_until(lambda: (done := statuses())["SUCCESS"] > 20 and done, what="some progress")
+    private_postgres.restart()
+    assert before["SUCCESS"] < count, "every workflow finished before the restart"
     wait_until(
-        lambda: Workflow.objects.filter(status="SUCCESS").count() == len(handles),
+        lambda: not any(statuses()[status] for status in UNFINISHED),
         timeout=90,
         what="every workflow to finish after the restart",
     )
-    assert WorkflowStep.objects.count() == 3 * len(handles)
+    with database.connect() as db:
+        saved = db.execute("SELECT input, status, result, error FROM pgqrs_workflows").fetchall()
+        steps = db.execute("SELECT count(*) FROM pgqrs_workflow_steps").fetchone()[0]
+    wrong = [row for row in saved if row[1:3] != ("SUCCESS", 2 * row[0]["args"][0] + 1)]
+    assert not wrong, wrong[:5]
+    assert len(saved) == count and steps == 3 * count
     for worker in workers:
         worker.send_signal(signal.SIGTERM)
-        assert worker.wait(timeout=30) == 0
+        assert worker.wait(timeout=30) == 0, processes.stderr_of(worker)
     logs = "".join(processes.stderr_of(worker) for worker in workers)
     assert "stopped:" in logs
 
@@ -344,3 +359,64 @@ class DelayedProxy:
         self._closed.set()
         if self._server is not None:
             self._server.close()
+
+
+# --- Faults in workflows never stop the fleet --------------------------------------------------
+
+
+def test_workflows_whose_saved_values_no_longer_decode_fail_alone_and_the_fleet_goes_on(processes):
+    workflows.failures.append(RuntimeError("later step fails"))
+    ctx = create_workflow("colored", "RED")
+    with pytest.raises(RuntimeError):
+        fault_workflows.colored(ctx, "RED")
+    pick = WorkflowStep.objects.get(workflow=ctx.id, step_id="pick").pk
+    write_raw("pgqrs_workflow_steps", "output", "id", pick, {TAG: "enum", "cls": COLOR, "v": "x"})
+    operations.requeue([ctx.id])
+    bad_input = fault_workflows.color_input.start(fault_workflows.Color.RED)
+    purple = {TAG: "enum", "cls": COLOR, "v": "purple"}
+    write_raw("pgqrs_workflows", "input", "workflow_id", bad_input.id, {"args": [purple]})
+    good = [worker_three.start(n) for n in range(6)]
+
+    done = processes.run("pgqrs_worker", "--burst", "--concurrency", "2")
+    assert done.returncode == 0, done.stderr
+    assert [handle.result(timeout=1) for handle in good] == [1, 3, 5, 7, 9, 11]
+    for workflow_id, needle in ((ctx.id, "step 'pick'"), (bad_input.id, "'purple'")):
+        # Only these columns: the input of one of them no longer decodes.
+        status, token, error, attempts = Workflow.objects.values_list(
+            "status", "lease_token", "error", "attempts"
+        ).get(pk=workflow_id)
+        assert (status, token) == ("ERROR", None)
+        assert error["type"] == "django_pgqrs.exceptions.PayloadError"
+        assert needle in error["message"]
+    assert attempts == 1  # the one whose input no longer decodes ran once
+    assert "8 workflows run (6 succeeded, 2 failed)" in done.stderr
+    assert "Exception in thread" not in done.stderr
+
+
+def test_a_step_raising_system_exit_or_cancelled_error_fails_its_workflow_not_the_worker(
+    processes,
+):
+    exited, cancelled = exiting.start("exit"), exiting.start("cancelled")
+    good = [worker_three.start(n) for n in range(4)]
+    done = processes.run("pgqrs_worker", "--burst", "--concurrency", "2")
+    assert done.returncode == 0, done.stderr
+    assert [handle.result(timeout=1) for handle in good] == [1, 3, 5, 7]
+    with pytest.raises(WorkflowFailed, match="SystemExit: 3"):
+        exited.result(timeout=1)
+    with pytest.raises(WorkflowFailed, match="CancelledError"):
+        cancelled.result(timeout=1)
+    assert Counter(processes.traced())["exits"] == 2  # each ran once: failures, not crashes
+    assert "6 workflows run (4 succeeded, 2 failed)" in done.stderr
+
+
+def test_a_worker_whose_runners_cannot_go_on_exits_with_an_error(processes):
+    worker_three.start(1)
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE pgqrs_workflows RENAME TO pgqrs_workflows_away")
+    try:
+        done = processes.run("pgqrs_worker", "--burst", **FAST)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("ALTER TABLE pgqrs_workflows_away RENAME TO pgqrs_workflows")
+    assert done.returncode == 1, done.stderr
+    assert "The worker stopped: runner 0 failed 5 times in a row" in done.stderr

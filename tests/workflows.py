@@ -284,4 +284,5 @@ def per_key(ctx: Workflow, numbers: dict[str, int]) -> dict[str, int]:
     return added
 
 
+import tests.chaos_workflows  # noqa: E402, F401 - registers the chaos harness's workflows
 from tests import fault_workflows  # noqa: E402, F401 - registers the fault tests' workflows
