@@ -24,7 +24,7 @@ def check_settings(**kwargs: Any) -> list[Error]:
         )
         for key in sorted(set(value) - set(DEFAULTS))
     ]
-    for key in sorted(set(value) & set(DEFAULTS) - {"PREPARED_STATEMENTS"}):
+    for key in sorted(set(value) & set(DEFAULTS) - {"PREPARED_STATEMENTS", "LISTEN_DATABASE"}):
         if (
             isinstance(value[key], bool)
             or not isinstance(value[key], int | float)
@@ -33,6 +33,18 @@ def check_settings(**kwargs: Any) -> list[Error]:
             errors.append(
                 Error(f"settings.PGQRS[{key!r}] must be a positive number.", id="django_pgqrs.E003")
             )
+    listen = value.get("LISTEN_DATABASE")
+    if listen is not None and not (
+        isinstance(listen, str) and (listen in settings.DATABASES or "://" in listen)
+    ):
+        errors.append(
+            Error(
+                f"settings.PGQRS['LISTEN_DATABASE'] is {listen!r}, neither a database alias nor "
+                f"a URL.",
+                hint="Name a key of DATABASES, or give a postgres://user@host:port/name URL.",
+                id="django_pgqrs.E006",
+            )
+        )
     if not errors:
         lease = value.get("LEASE_SECONDS", DEFAULTS["LEASE_SECONDS"])
         beat = value.get("HEARTBEAT_SECONDS", DEFAULTS["HEARTBEAT_SECONDS"])

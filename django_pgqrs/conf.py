@@ -16,8 +16,14 @@ Every access reads Django's settings again, so ``override_settings`` works. Keys
     The largest encoded input or result accepted, in bytes.
 ``PREPARED_STATEMENTS`` (True)
     On PostgreSQL, prepare the engine's statements once per connection instead of having the
-    server parse and plan them on every step. Set False behind a connection pooler that cannot
-    keep prepared statements (PgBouncer in transaction mode before 1.21).
+    server parse and plan them on every step. Behind a connection pooler that cannot keep
+    prepared statements (PgBouncer in transaction mode before 1.21) a connection falls back to
+    unprepared statements by itself, with one warning; set False to say so up front.
+``LISTEN_DATABASE`` (None)
+    Where a worker LISTENs for notifications of due workflows: None for the workflows' own
+    database, or another database alias (a key of ``DATABASES``), or a ``postgres://`` URL. Behind
+    a pooler in transaction mode, notifications cannot reach a LISTEN made through it: name a
+    connection to PostgreSQL itself here. Used only for LISTEN.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
     "MAX_RECOVERY_ATTEMPTS": 5,
     "MAX_PAYLOAD_BYTES": 10_000_000,
     "PREPARED_STATEMENTS": True,
+    "LISTEN_DATABASE": None,
 }
 
 
@@ -70,6 +77,11 @@ class Settings:
     @property
     def PREPARED_STATEMENTS(self) -> bool:
         return bool(self._get("PREPARED_STATEMENTS"))
+
+    @property
+    def LISTEN_DATABASE(self) -> str | None:
+        value = self._get("LISTEN_DATABASE")
+        return None if value is None else str(value)
 
 
 conf = Settings()

@@ -82,7 +82,7 @@ class LeaseLost(PgqrsError):
 
 
 class StorageError(PgqrsError):
-    """The workflow tables could not be read or written: the database is unreachable.
+    """The workflow tables could not be read or written: the database is unreachable, or failed.
 
     The workflow is not marked as failed: it stays with its last checkpoint and is run again
     (by a worker once its lease expires, or by calling it again) when the database is back.
@@ -91,8 +91,8 @@ class StorageError(PgqrsError):
     def __init__(self, alias: str, cause: BaseException) -> None:
         self.alias = alias
         super().__init__(
-            f"django-pgqrs could not reach database {alias!r} ({cause}). The workflow keeps its "
-            f"last checkpoint and runs again when the database is back."
+            f"django-pgqrs could not write to database {alias!r} ({cause}). The workflow keeps "
+            f"its last checkpoint and runs again when the database is back."
         )
 
 

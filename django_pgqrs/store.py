@@ -10,12 +10,20 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import logging
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from django.db import DataError, InterfaceError, OperationalError, connections, router, transaction
+from django.db import (
+    DatabaseError,
+    DataError,
+    ProgrammingError,
+    connections,
+    router,
+    transaction,
+)
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.utils import CursorWrapper
 from django.utils import timezone
@@ -30,6 +38,15 @@ from .statements import CHANNEL
 __all__ = ["CHANNEL", "Claimed", "Reaped", "SavedStep", "Store", "store_for", "workflows_alias"]
 
 _NEVER = 2**31 - 1
+# What PostgreSQL says when a prepared statement is missing from, or already in, the server
+# session: a pooler in transaction mode hands each transaction to another one.
+_NOT_PREPARED = frozenset({"26000", "42P05"})
+# Undefined table, column, function: the tables are not migrated.
+_SCHEMA = frozenset({"42P01", "42703", "42883"})
+_warned_unprepared = False
+
+logger = logging.getLogger("django_pgqrs.store")
+T = TypeVar("T")
 
 try:
     import psycopg
@@ -150,30 +167,68 @@ class Store:
         connection._pgqrs_cursor = (pg_connection, logged, cursor)  # type: ignore[attr-defined]
         return cursor
 
-    @contextlib.contextmanager
-    def _executing(self) -> Iterator[CursorWrapper]:
-        """A cursor for one write; connection failures become ``StorageError``.
+    def _write(self, work: Callable[[CursorWrapper], T]) -> T:
+        """Run ``work`` with a cursor: one write, mapped to the engine's errors.
 
         On SQLite the write runs in a transaction of its own, so that it starts with the write
         lock when the database is configured with ``"transaction_mode": "IMMEDIATE"``, and so
-        that a write of several statements is atomic.
+        that a write of several statements is atomic. On PostgreSQL its statements are prepared,
+        unless the connection goes through a pooler that cannot keep prepared statements: then
+        the connection falls back to unprepared statements, and the write is made again (outside
+        a transaction; inside one, it is lost with it, and ``StorageError`` says so).
         """
         try:
-            if self.vendor == "postgresql" and conf.PREPARED_STATEMENTS:
-                yield self._prepared_cursor()
-            elif self.vendor == "sqlite":
+            if self.vendor == "sqlite":
                 with transaction.atomic(using=self.alias), self.connection.cursor() as cursor:
-                    yield cursor
-            else:
+                    return work(cursor)
+            if not self._prepares():
                 with self.connection.cursor() as cursor:
-                    yield cursor
-        except (OperationalError, InterfaceError) as exc:
-            if _schema_error(exc):
-                raise
-            self.close_if_broken()
-            raise StorageError(self.alias, exc) from exc
+                    return work(cursor)
+            try:
+                return work(self._prepared_cursor())
+            except ProgrammingError as exc:
+                if getattr(exc.__cause__, "sqlstate", None) not in _NOT_PREPARED:
+                    raise
+                self._stop_preparing(exc)
+                if self.connection.in_atomic_block:
+                    raise
+            with self.connection.cursor() as cursor:
+                return work(cursor)
         except DataError as exc:
             raise PayloadError(f"The database {self.alias!r} refused a value: {exc}") from exc
+        except DatabaseError as exc:
+            raise self._storage_error(exc) from exc
+
+    def _storage_error(self, exc: DatabaseError) -> Exception:
+        """The error to raise for a failed write: the same one if the tables are missing (no
+        waiting mends that), else ``StorageError`` (the workflow keeps its last checkpoint)."""
+        if _schema_error(exc):
+            return exc
+        self.close_if_broken()
+        return StorageError(self.alias, exc)
+
+    def _prepares(self) -> bool:
+        """Whether this thread's connection prepares the engine's statements."""
+        if not conf.PREPARED_STATEMENTS:
+            return False
+        connection = self.connection
+        refused = getattr(connection, "_pgqrs_unprepared", None)
+        return refused is None or refused is not connection.connection
+
+    def _stop_preparing(self, exc: Exception) -> None:
+        global _warned_unprepared
+        connection = self.connection
+        connection._pgqrs_unprepared = connection.connection  # type: ignore[attr-defined]
+        if not _warned_unprepared:
+            _warned_unprepared = True
+            logger.warning(
+                "Database %r refused django-pgqrs's prepared statements (%s): a connection "
+                "pooler in transaction mode (PgBouncer before 1.21) cannot keep them. Its "
+                "connections run the engine's statements unprepared from now on; set "
+                "PGQRS['PREPARED_STATEMENTS'] = False to say so up front.",
+                self.alias,
+                exc,
+            )
 
     def close_if_broken(self) -> None:
         """Drop this thread's connection if it is unusable, so that the next write reconnects
@@ -256,9 +311,8 @@ class Store:
             idempotency_key=idempotency_key,
             parent_id=parent_id,
         )
-        with self._executing() as cursor:
-            cursor.execute(self.sql_enqueue if notify else self.sql_insert, params)
-            row = cursor.fetchone()
+        sql = self.sql_enqueue if notify else self.sql_insert
+        row = self._write(lambda cursor: _one(cursor, sql, params))
         if row is None:
             return None
         return row[0], self._datetime(row[1]), self._datetime(row[2])
@@ -297,19 +351,22 @@ class Store:
         return self._claimed(self.sql_claim_next, params)
 
     def _claimed(self, sql: str, params: dict[str, Any]) -> Claimed | None:
-        with self._executing() as cursor:
-            cursor.execute(sql, params)
-            row = cursor.fetchone()
+        def work(cursor: CursorWrapper) -> tuple[Any, list[Any]] | None:
+            row = _one(cursor, sql, params)
             if row is None:
                 return None
             if self.vendor == "postgresql":
-                saved = json.loads(row[5]) if row[5] else []
-            else:
-                cursor.execute(statements.STEPS, {"id": row[0]})
-                saved = [
-                    (r[0], r[1], r[2], r[3], r[4], json.loads(r[5]) if r[5] else None, r[6])
-                    for r in cursor.fetchall()
-                ]
+                return row, json.loads(row[5]) if row[5] else []
+            cursor.execute(statements.STEPS, {"id": row[0]})
+            return row, [
+                (r[0], r[1], r[2], r[3], r[4], json.loads(r[5]) if r[5] else None, r[6])
+                for r in cursor.fetchall()
+            ]
+
+        found = self._write(work)
+        if found is None:
+            return None
+        row, saved = found
         steps = {r[0]: SavedStep(r[1], r[2], r[3], r[4], r[5], r[6]) for r in saved}
         return Claimed(row[0], row[1], row[2], row[3], row[4], steps)
 
@@ -351,13 +408,15 @@ class Store:
             args_digest=args_digest,
         )
         sql = self.sql_checkpoint_shifting if shift else self.sql_checkpoint
-        with self._executing() as cursor:
+
+        def work(cursor: CursorWrapper) -> bool:
             for number, statement in enumerate(sql[:-1]):
                 cursor.execute(statement, params)
                 if number == 0 and cursor.fetchone() is None:
                     return False  # SQLite: the lease is not this writer's
-            cursor.execute(sql[-1], params)
-            return cursor.fetchone() is not None
+            return _one(cursor, sql[-1], params) is not None
+
+        return self._write(work)
 
     def end(
         self,
@@ -371,28 +430,26 @@ class Store:
         params = self._params(
             0, id=workflow_id, token=self._token(token), status=status, result=result, error=error
         )
-        with self._executing() as cursor:
-            cursor.execute(self.sql_end, params)
-            return cursor.fetchone() is not None
+        return self._write(lambda cursor: _one(cursor, self.sql_end, params)) is not None
 
     def release(
         self, workflow_id: int, token: uuid.UUID, delay: float = 0.0, error: str | None = None
     ) -> bool:
         """Give an unfinished workflow back (PENDING, no lease), due again after ``delay``."""
         params = self._params(0, delay, id=workflow_id, token=self._token(token), error=error)
-        with self._executing() as cursor:
-            cursor.execute(self.sql_release, params)
-            row = cursor.fetchone()
+
+        def work(cursor: CursorWrapper) -> bool:
+            row = _one(cursor, self.sql_release, params)
             if row is not None and delay <= 0:
                 self._notify(cursor, row[0])
-        return row is not None
+            return row is not None
+
+        return self._write(work)
 
     def touch(self, workflow_id: int, token: uuid.UUID, lease: float) -> bool:
         """Renew one lease if it is still this token's; False if it was lost."""
         params = self._params(lease, id=workflow_id, token=self._token(token))
-        with self._executing() as cursor:
-            cursor.execute(self.sql_touch, params)
-            return cursor.fetchone() is not None
+        return self._write(lambda cursor: _one(cursor, self.sql_touch, params)) is not None
 
     def reap(self, max_recoveries: int) -> list[Reaped]:
         """Take back workflows whose owner's lease expired: PENDING again, or ERROR for good."""
@@ -410,16 +467,19 @@ class Store:
             }
         )
         params = self._params(0, max=max_recoveries, poison=poison)
-        with self._executing() as cursor:
+
+        def work(cursor: CursorWrapper) -> list[Any]:
             cursor.execute(self.sql_reap, params)
-            rows = cursor.fetchall()
+            rows: list[Any] = cursor.fetchall()
             if self.vendor == "sqlite" and rows:
                 owners = dict(rows)
                 cursor.execute(self.sql_reap_update, {**params, "ids": json.dumps(list(owners))})
                 rows = [(*row, owners[row[0]]) for row in cursor.fetchall()]
             for queue in {row[3] for row in rows if row[2] == WorkflowStatus.PENDING}:
                 self._notify(cursor, queue)
-        return [Reaped(row[0], row[1], row[2], row[4]) for row in rows]
+            return rows
+
+        return [Reaped(row[0], row[1], row[2], row[4]) for row in self._write(work)]
 
     def _notify(self, cursor: CursorWrapper, queue: str) -> None:
         if self.vendor == "postgresql":
@@ -456,10 +516,8 @@ class Store:
                     )
                 cursor.execute(self.sql_renew, params)
                 rows = cursor.fetchall()
-        except (OperationalError, InterfaceError) as exc:
-            if _schema_error(exc):
-                raise
-            raise StorageError(self.alias, exc) from exc
+        except DatabaseError as exc:
+            raise self._storage_error(exc) from exc
         renewed = frozenset(row[0] for row in rows if row[1])
         if self.vendor == "sqlite":
             # No row is skipped on SQLite: a lease not renewed is a lease lost.
@@ -470,10 +528,16 @@ class Store:
 
 
 def _schema_error(exc: Exception) -> bool:
-    """Whether SQLite's OperationalError says the schema is wrong (tables not migrated), which
+    """Whether the error says the tables are not as migrations make them (missing), which
     waiting will not mend, rather than that the database is busy or unreachable."""
-    message = str(exc)
-    return message.startswith(("no such table", "no such column"))
+    if getattr(exc.__cause__, "sqlstate", None) in _SCHEMA:
+        return True
+    return str(exc).startswith(("no such table", "no such column"))  # SQLite's words
+
+
+def _one(cursor: CursorWrapper, sql: str, params: dict[str, Any]) -> Any:
+    cursor.execute(sql, params)
+    return cursor.fetchone()
 
 
 def workflows_alias() -> str:

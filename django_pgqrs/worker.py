@@ -25,11 +25,13 @@ import logging
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
+from django.conf import settings
 from django.db import DatabaseError, InterfaceError, connections, router
 
 from . import runtime
@@ -412,13 +414,22 @@ class Worker:
 
 
 class Listener:
-    """A PostgreSQL connection that LISTENs for due workflows; reconnects after failures."""
+    """A PostgreSQL connection that LISTENs for due workflows; reconnects after failures.
+
+    Each new connection first checks that notifications reach it: one sent through the
+    workflows' database must arrive. Through a pooler in transaction mode it does not (the LISTEN
+    stays on a server connection the pooler hands to others); the worker then says so once and
+    polls, until ``PGQRS['LISTEN_DATABASE']`` names a direct connection.
+    """
+
+    PROBE_SECONDS = 2.0
 
     def __init__(self, alias: str, on_failure: Callable[[], None] = lambda: None) -> None:
         self.alias = alias
         self.on_failure = on_failure
         self._connection: Any = None
         self._retry_at = 0.0
+        self._deaf = False
 
     def wait(self, queues: list[str], timeout: float) -> bool:
         """Wait up to ``timeout`` for a notification about ``queues``; False if none came."""
@@ -443,14 +454,45 @@ class Listener:
     def _connect(self) -> Any:
         if self._connection is not None:
             return self._connection
-        if time.monotonic() < self._retry_at:
+        if self._deaf or time.monotonic() < self._retry_at:
             return None
-        wrapper = connections[self.alias]
-        connection = wrapper.get_new_connection(wrapper.get_connection_params())
+        target = conf.LISTEN_DATABASE
+        if target is None or target in settings.DATABASES:
+            wrapper = connections[target or self.alias]
+            connection = wrapper.get_new_connection(wrapper.get_connection_params())
+        else:
+            import psycopg
+
+            connection = psycopg.connect(target)
+        self._connection = connection
         connection.autocommit = True
         connection.execute(f"LISTEN {CHANNEL}")
-        self._connection = connection
+        if not self._hears(connection):
+            self._deaf = True
+            self.close()
+            logger.warning(
+                "This worker's LISTEN connection gets no notifications from database %r (a "
+                "connection pooler in transaction mode, such as PgBouncer, cannot carry "
+                "them); it polls every %ss instead. Set PGQRS['LISTEN_DATABASE'] to a database "
+                "alias or URL that connects to PostgreSQL directly.",
+                self.alias,
+                conf.POLL_SECONDS,
+            )
+            return None
         return connection
+
+    def _hears(self, connection: Any) -> bool:
+        """Send a notification through the workflows' database; whether it arrives here."""
+        probe = f"probe:{uuid.uuid4().hex}"
+        with connections[self.alias].cursor() as cursor:
+            cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, probe])
+        deadline = time.monotonic() + self.PROBE_SECONDS
+        for notify in connection.notifies(timeout=self.PROBE_SECONDS):
+            if notify.payload == probe:
+                return True
+            if time.monotonic() >= deadline:
+                break
+        return False
 
     def close(self) -> None:
         if self._connection is not None:

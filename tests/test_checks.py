@@ -32,10 +32,17 @@ def test_check_passes_with_the_test_settings():
         {},
         {"LEASE_SECONDS": 60, "HEARTBEAT_SECONDS": 5, "POLL_SECONDS": 0.5},
         {"MAX_RECOVERY_ATTEMPTS": 1, "MAX_PAYLOAD_BYTES": 1000, "PREPARED_STATEMENTS": False},
+        {"LISTEN_DATABASE": "default"},
+        {"LISTEN_DATABASE": "postgres://postgres@db.internal:5432/shop"},
     ],
 )
 def test_valid_settings_pass(pgqrs):
     assert check_ids(pgqrs) == []
+
+
+@pytest.mark.parametrize("listen", ["replica", 5432])
+def test_a_listen_database_that_is_neither_an_alias_nor_a_url_is_reported(listen):
+    assert check_ids({"LISTEN_DATABASE": listen}) == ["django_pgqrs.E006"]
 
 
 def test_settings_that_are_not_a_dict_are_reported():
