@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .decorators import StepFunction, WorkflowFunction, step, workflow
-    from .enqueue import create_workflow, start_workflow
+    from .enqueue import acreate_workflow, astart_workflow, create_workflow, start_workflow
     from .exceptions import (
         DuplicateWorkflowName,
         InputMismatch,
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from .handles import WorkflowHandle
     from .models import StepStatus, Workflow, WorkflowStatus, WorkflowStep
     from .registry import get_workflow
-    from .runtime import resume
+    from .runtime import aresume, resume
 
 __all__ = [
     "DuplicateWorkflowName",
@@ -66,6 +66,9 @@ __all__ = [
     "WorkflowStatus",
     "WorkflowStep",
     "WorkflowTimeout",
+    "acreate_workflow",
+    "aresume",
+    "astart_workflow",
     "create_workflow",
     "get_workflow",
     "resume",
@@ -99,8 +102,8 @@ _HOMES = {
     "handles": ["WorkflowHandle"],
     "models": ["StepStatus", "Workflow", "WorkflowStatus", "WorkflowStep"],
     "registry": ["get_workflow"],
-    "enqueue": ["create_workflow", "start_workflow"],
-    "runtime": ["resume"],
+    "enqueue": ["acreate_workflow", "astart_workflow", "create_workflow", "start_workflow"],
+    "runtime": ["aresume", "resume"],
 }
 _HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
 

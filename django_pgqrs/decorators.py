@@ -8,7 +8,10 @@ import inspect
 from collections.abc import Callable
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
+from asgiref.sync import sync_to_async
+
 from . import enqueue, registry, runtime, steps
+from .async_support import refuse_in_event_loop
 from .handles import WorkflowHandle
 from .inputs import signature_of
 from .models import Workflow
@@ -41,15 +44,29 @@ class WorkflowFunction(Generic[P, R]):
 
     def __call__(self, ctx: Workflow, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the workflow ``ctx`` to its end, replaying the steps it already finished."""
+        refuse_in_event_loop(f"{self.name}(ctx, ...)", f"{self.name}.acall(ctx, ...)")
         return runtime.run_workflow(self, ctx, args, kwargs)  # type: ignore[no-any-return]
+
+    async def acall(self, ctx: Workflow, *args: P.args, **kwargs: P.kwargs) -> R:
+        """``fn(ctx, ...)`` for async code: the workflow runs in a thread."""
+        return await sync_to_async(self.__call__)(ctx, *args, **kwargs)
 
     def run(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Create a workflow of this function with these arguments and run it here."""
+        refuse_in_event_loop(f"{self.name}.run()", f"{self.name}.arun()")
         return runtime.start_and_run(self, args, kwargs)  # type: ignore[no-any-return]
+
+    async def arun(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """``fn.run(...)`` for async code (an ASGI view): the workflow runs in a thread."""
+        return await sync_to_async(self.run)(*args, **kwargs)
 
     def create(self, *args: P.args, **kwargs: P.kwargs) -> Workflow:
         """Save a PENDING workflow of this function; call the function with it to run it."""
         return enqueue.create_workflow(self.name, *args, **kwargs)
+
+    async def acreate(self, *args: P.args, **kwargs: P.kwargs) -> Workflow:
+        """``fn.create(...)`` for async code."""
+        return await enqueue.acreate_workflow(self.name, *args, **kwargs)
 
     def start(
         self,
@@ -66,6 +83,26 @@ class WorkflowFunction(Generic[P, R]):
         not arguments of the workflow.
         """
         return enqueue.start_workflow(
+            self.name,
+            *args,
+            idempotency_key=idempotency_key,
+            queue=queue,
+            priority=priority,
+            run_at=run_at,
+            **kwargs,
+        )
+
+    async def astart(
+        self,
+        *args: Any,
+        idempotency_key: str | None = None,
+        queue: str = "default",
+        priority: int = 0,
+        run_at: datetime.datetime | datetime.timedelta | None = None,
+        **kwargs: Any,
+    ) -> WorkflowHandle:
+        """``fn.start(...)`` for async code."""
+        return await enqueue.astart_workflow(
             self.name,
             *args,
             idempotency_key=idempotency_key,

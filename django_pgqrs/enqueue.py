@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import datetime
+import functools
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.utils import timezone
 
 from . import codec, registry
+from .async_support import refuse_in_event_loop
 from .conf import conf
 from .exceptions import WorkflowMismatch
 from .handles import WorkflowHandle
@@ -23,6 +26,7 @@ def create_workflow(name: str, *args: Any, **kwargs: Any) -> Workflow:
     length, workers leave it alone. Raise ``UnknownWorkflow`` for an unregistered name and
     ``TypeError`` if the arguments do not fit the function's signature.
     """
+    refuse_in_event_loop("create_workflow()", "acreate_workflow()")
     definition = registry.get_workflow(name)
     arguments(definition, args, kwargs)
     text = encode_input(name, args, kwargs)
@@ -60,6 +64,7 @@ def start_workflow(
     as a timedelta) defers the start. Raise ``UnknownWorkflow``, ``TypeError`` for arguments that
     do not fit, ``WorkflowMismatch`` if the key belongs to a workflow of another name.
     """
+    refuse_in_event_loop("start_workflow() (or fn.start())", "astart_workflow() (or fn.astart())")
     definition = registry.get_workflow(name)
     arguments(definition, args, kwargs)
     if not isinstance(queue, str) or not 0 < len(queue) <= 64:
@@ -100,6 +105,34 @@ def start_workflow(
             f"{existing.name!r} workflow, not {name!r}."
         )
     return WorkflowHandle(existing.id, store.alias)
+
+
+async def acreate_workflow(name: str, *args: Any, **kwargs: Any) -> Workflow:
+    """``create_workflow`` for async code."""
+    return await sync_to_async(create_workflow)(name, *args, **kwargs)
+
+
+async def astart_workflow(
+    name: str,
+    *args: Any,
+    idempotency_key: str | None = None,
+    queue: str = "default",
+    priority: int = 0,
+    run_at: datetime.datetime | datetime.timedelta | None = None,
+    **kwargs: Any,
+) -> WorkflowHandle:
+    """``start_workflow`` for async code."""
+    start = functools.partial(
+        start_workflow,
+        name,
+        *args,
+        idempotency_key=idempotency_key,
+        queue=queue,
+        priority=priority,
+        run_at=run_at,
+        **kwargs,
+    )
+    return await sync_to_async(start)()
 
 
 def _check_text(what: str, value: object) -> None:

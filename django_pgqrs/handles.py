@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
+from asgiref.sync import sync_to_async
+
+from .async_support import refuse_in_event_loop
 from .exceptions import WorkflowCancelled, WorkflowFailed, WorkflowNotFound, WorkflowTimeout
 from .models import Workflow, WorkflowStatus
 
@@ -32,14 +36,24 @@ class WorkflowHandle:
 
     def workflow(self) -> Workflow:
         """Return the workflow's row as it is now; raise ``WorkflowNotFound`` if deleted."""
+        refuse_in_event_loop("handle.workflow()", "handle.aworkflow()")
         workflow = Workflow.objects.using(self.using).filter(pk=self.id).first()
         if workflow is None:
             raise WorkflowNotFound(self.id)
         return workflow
 
+    async def aworkflow(self) -> Workflow:
+        """``workflow()`` for async code."""
+        return await sync_to_async(self.workflow)()
+
     def status(self) -> str:
         """Return the workflow's status now: PENDING, RUNNING, ..., SUCCESS, ERROR, CANCELLED."""
+        refuse_in_event_loop("handle.status()", "handle.astatus()")
         return str(self._fields("status")[0])
+
+    async def astatus(self) -> str:
+        """``status()`` for async code."""
+        return await sync_to_async(self.status)()
 
     def _fields(self, *names: str) -> tuple[Any, ...]:
         """Read only these columns: a row whose other values no longer decode is still read."""
@@ -56,18 +70,42 @@ class WorkflowHandle:
         after ``timeout`` seconds (None: wait for ever). Polls the database, at first every
         ``poll`` seconds, backing off to one second.
         """
+        refuse_in_event_loop("handle.result()", "handle.aresult()")
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = poll
         while True:
-            (status,) = self._fields("status")
-            if status == WorkflowStatus.SUCCESS:
-                return self._fields("result")[0]
-            if status == WorkflowStatus.ERROR:
-                raise WorkflowFailed(self.id, self._fields("error")[0])
-            if status == WorkflowStatus.CANCELLED:
-                raise WorkflowCancelled(self.id)
-            if deadline is not None and time.monotonic() >= deadline:
-                raise WorkflowTimeout(self.id, status, timeout or 0)
-            wait = delay if deadline is None else min(delay, max(0, deadline - time.monotonic()))
-            time.sleep(wait)
+            done, value = self._outcome(deadline, timeout)
+            if done:
+                return value
+            time.sleep(_pause(delay, deadline))
             delay = min(delay * 2, 1.0)
+
+    async def aresult(self, timeout: float | None = None, poll: float = 0.05) -> Any:
+        """``result()`` for async code: waits without blocking the event loop."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = poll
+        while True:
+            done, value = await sync_to_async(self._outcome)(deadline, timeout)
+            if done:
+                return value
+            await asyncio.sleep(_pause(delay, deadline))
+            delay = min(delay * 2, 1.0)
+
+    def _outcome(self, deadline: float | None, timeout: float | None) -> tuple[bool, Any]:
+        """(True, result) once the workflow succeeded; raise if it failed, was cancelled, or
+        ``deadline`` passed; (False, None) while it is unfinished."""
+        (status,) = self._fields("status")
+        if status == WorkflowStatus.SUCCESS:
+            return True, self._fields("result")[0]
+        if status == WorkflowStatus.ERROR:
+            raise WorkflowFailed(self.id, self._fields("error")[0])
+        if status == WorkflowStatus.CANCELLED:
+            raise WorkflowCancelled(self.id)
+        if deadline is not None and time.monotonic() >= deadline:
+            raise WorkflowTimeout(self.id, status, timeout or 0)
+        return False, None
+
+
+def _pause(delay: float, deadline: float | None) -> float:
+    """How long to wait before looking again: ``delay``, but not past the deadline."""
+    return delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic()))

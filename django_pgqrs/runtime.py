@@ -20,9 +20,11 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
+from asgiref.sync import sync_to_async
 from django.db import connections
 
 from . import codec, registry
+from .async_support import refuse_in_event_loop
 from .conf import conf
 from .exceptions import (
     LeaseLost,
@@ -195,6 +197,7 @@ def resume(workflow_id: int, *, force: bool = False) -> Any:
     Raise ``WorkflowNotFound``, ``UnknownWorkflow`` if its name is not registered,
     ``PayloadError`` if its saved input no longer decodes, and what ``run_workflow`` raises.
     """
+    refuse_in_event_loop("resume()", "aresume()")
     alias = workflows_alias()
     try:
         workflow = Workflow.objects.using(alias).get(pk=workflow_id)
@@ -205,6 +208,11 @@ def resume(workflow_id: int, *, force: bool = False) -> Any:
     definition = registry.get_workflow(workflow.name)
     args, kwargs = saved_call(workflow)
     return run_workflow(definition, workflow, tuple(args), kwargs, force=force)
+
+
+async def aresume(workflow_id: int, *, force: bool = False) -> Any:
+    """``resume`` for async code: the workflow runs in a thread."""
+    return await sync_to_async(resume)(workflow_id, force=force)
 
 
 def refuse_in_transaction(alias: str, call: str, definition: WorkflowFunction[..., Any]) -> bool:

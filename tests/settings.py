@@ -1,8 +1,8 @@
 """Test settings: real PostgreSQL by default, SQLite with PGQRS_TEST_DB=sqlite.
 
 Processes started by tests (workers, crash tests) get the name of the test database in
-PGQRS_TEST_DB_NAME, and use it as it is; PGQRS_TEST_*_SECONDS and
-PGQRS_TEST_MAX_RECOVERY_ATTEMPTS set their PGQRS settings.
+PGQRS_TEST_DB_NAME, and use it as it is; PGQRS_TEST_*_SECONDS,
+PGQRS_TEST_MAX_RECOVERY_ATTEMPTS and PGQRS_TEST_LISTEN_DATABASE set their PGQRS settings.
 """
 
 import os
@@ -30,7 +30,7 @@ INSTALLED_APPS = [
 # The demo project's middleware and templates, for the admin.
 MIDDLEWARE = demo_settings.MIDDLEWARE
 TEMPLATES = demo_settings.TEMPLATES
-ROOT_URLCONF = "testproject.urls"
+ROOT_URLCONF = "tests.urls"
 STATIC_URL = "static/"
 
 DB = os.environ.get("PGQRS_TEST_DB", "postgres")
@@ -67,3 +67,5 @@ PGQRS = {
     "POLL_SECONDS": float(os.environ.get("PGQRS_TEST_POLL_SECONDS", 1.0)),
     "MAX_RECOVERY_ATTEMPTS": int(os.environ.get("PGQRS_TEST_MAX_RECOVERY_ATTEMPTS", 5)),
 }
+if os.environ.get("PGQRS_TEST_LISTEN_DATABASE"):
+    PGQRS["LISTEN_DATABASE"] = os.environ["PGQRS_TEST_LISTEN_DATABASE"]
