@@ -116,7 +116,8 @@ class WorkflowTimeout(PgqrsError, TimeoutError):
         self.status = status
         super().__init__(
             f"Workflow {workflow_id} did not finish within {timeout} seconds (it is {status}). "
-            f"Is a worker running (`manage.py pgqrs_worker`) for its queue?"
+            f"Is a worker running (`manage.py pgqrs_worker`) for its queue? (In a test, "
+            f"django_pgqrs.testing.drain() runs queued workflows.)"
         )
 
 
@@ -189,3 +190,19 @@ class StepFailed(PgqrsError):
         super().__init__(
             f"Step {step!r} failed with {error.get('type', 'an error')}: {error.get('message', '')}"
         )
+
+
+class SimulatedCrash(BaseException):
+    """Raised by ``django_pgqrs.testing.crash_at`` to stop a run the way a killed process would.
+
+    Nothing is saved for the step it stops (an atomic step's writes roll back), and the run's
+    lease is given back (``release``) or left to expire, as a dead process leaves it. A
+    ``BaseException``, so that a workflow's ``except Exception`` does not catch it.
+    """
+
+    def __init__(self, step: str, after_body: bool, release: bool) -> None:
+        self.step = step
+        self.after_body = after_body
+        self.release = release
+        where = "after its body ran" if after_body else "before its body ran"
+        super().__init__(f"Simulated crash in step {step!r}, {where}.")

@@ -29,6 +29,7 @@ from .conf import conf
 from .exceptions import (
     LeaseLost,
     PayloadError,
+    SimulatedCrash,
     StorageError,
     UnknownWorkflow,
     WorkflowBusy,
@@ -88,7 +89,7 @@ def run_workflow(
         raise WorkflowBusy(workflow.id, f"{process_owner()} (this process)", "it finishes")
     saved_args, saved_kwargs = check_input(definition, workflow, args, kwargs)
     store = store_for(workflow._state.db or workflows_alias())
-    savepoints = refuse_in_transaction(store.alias, f"{definition.name}(ctx, ...)", definition)
+    savepoints = refuse_in_transaction(store.alias, f"{definition.name}(ctx, ...)", definition.name)
     lease = Lease(store.alias, workflow.id)
     previous = heartbeat.take_back(workflow.id)
     sent = time.monotonic()
@@ -123,7 +124,7 @@ def start_and_run(
     arguments(definition, args, kwargs)
     text = encode_input(definition.name, args, kwargs)
     store = store_for(workflows_alias())
-    savepoints = refuse_in_transaction(store.alias, f"{definition.name}.run(...)", definition)
+    savepoints = refuse_in_transaction(store.alias, f"{definition.name}.run(...)", definition.name)
     lease = Lease(store.alias, 0)
     sent = time.monotonic()
     inserted = store.insert(
@@ -153,12 +154,13 @@ def start_and_run(
     return _execute(definition, run, call["args"], call["kwargs"])
 
 
-def run_claimed(claimed: Claimed, store: Store, lease: Lease) -> Any:
+def run_claimed(claimed: Claimed, store: Store, lease: Lease, savepoints: bool = False) -> Any:
     """Run a workflow a worker has claimed (``store.claim_next``) to its end; return its result.
 
     Raise ``UnknownWorkflow`` (the workflow is released, not run) if its name is not registered
     here, and what the workflow raises. A workflow whose saved input no longer decodes (or fits)
-    is saved as ERROR.
+    is saved as ERROR. ``savepoints``: the claim was made inside a test case's transaction (see
+    ``refuse_in_transaction``).
     """
     try:
         definition = registry.get_workflow(claimed.name)
@@ -187,7 +189,7 @@ def run_claimed(claimed: Claimed, store: Store, lease: Lease) -> Any:
         workflow.error = error_info(exc)
         store.end(workflow.id, lease.token, WorkflowStatus.ERROR, error=error_text(exc))
         raise exc from None
-    run = Run(workflow, store, lease, claimed.steps)
+    run = Run(workflow, store, lease, claimed.steps, savepoints=savepoints)
     return _execute(definition, run, args, kwargs)
 
 
@@ -215,7 +217,7 @@ async def aresume(workflow_id: int, *, force: bool = False) -> Any:
     return await sync_to_async(resume)(workflow_id, force=force)
 
 
-def refuse_in_transaction(alias: str, call: str, definition: WorkflowFunction[..., Any]) -> bool:
+def refuse_in_transaction(alias: str, call: str, name: str | None = None) -> bool:
     """Raise ``WorkflowInTransaction`` inside the caller's transaction on ``alias``.
 
     Test cases' own blocks (Django's ``TestCase``, pytest-django's ``django_db``) are allowed, as
@@ -228,13 +230,13 @@ def refuse_in_transaction(alias: str, call: str, definition: WorkflowFunction[..
         return True
     manual = connection.connection is not None and not connection.get_autocommit()
     if connection.in_atomic_block or manual:
+        fn = name or "fn"
         raise WorkflowInTransaction(
             f"{call} was called inside a transaction (transaction.atomic()) on database "
             f"{alias!r}. A run's checkpoints would commit or roll back with that transaction, so "
             f"a rollback or a crash would lose steps that already ran. Start it with "
-            f"{definition.name}.start(...), which joins your transaction and lets a worker run "
-            f"it once it commits, or run it after the commit: "
-            f"transaction.on_commit(lambda: {definition.name}.run(...))."
+            f"{fn}.start(...), which joins your transaction and lets a worker run it once it "
+            f"commits, or run it after the commit: transaction.on_commit(lambda: {fn}.run(...))."
         )
     return False
 
@@ -281,7 +283,8 @@ def _execute(
             raise
         except BaseException as exc:
             if interruption(exc):
-                _give_back(run)
+                if not (isinstance(exc, SimulatedCrash) and not exc.release):
+                    _give_back(run)
                 raise
             _fail(run, exc)
             raise

@@ -24,6 +24,7 @@ import functools
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from django.db import InterfaceError, OperationalError, connections, transaction
@@ -35,6 +36,7 @@ from .exceptions import (
     LeaseLost,
     NestedAtomicStep,
     PayloadError,
+    SimulatedCrash,
     StepOutsideWorkflow,
     StorageError,
     WorkflowCancelled,
@@ -215,7 +217,11 @@ def _body(
     definition: StepFunction[..., Any], ctx: Any, args: Any, kwargs: Any, step_id: str, alias: str
 ) -> str:
     try:
+        if probes:
+            _probe(definition.name, after_body=False)
         value = definition.func(ctx, *args, **kwargs)
+        if probes:
+            _probe(definition.name, after_body=True)
     except (OperationalError, InterfaceError) as exc:
         # Looked at here, before an atomic block's end replaces the broken connection.
         if _outage(exc, alias):
@@ -224,10 +230,20 @@ def _body(
     return codec.dump(value, f"result of step {step_id!r}", conf.MAX_PAYLOAD_BYTES)
 
 
+# Test hooks (django_pgqrs.testing): called around each step body with the step's name; they may
+# raise SimulatedCrash. Empty outside tests, which costs a step one truth test.
+probes: list[Callable[[str, bool], None]] = []
+
+
+def _probe(step: str, after_body: bool) -> None:
+    for probe in list(probes):
+        probe(step, after_body)
+
+
 def interruption(exc: BaseException) -> bool:
-    """Whether ``exc`` stops this process rather than fails the code: Ctrl-C, or ``SystemExit``
-    in the main thread (Python delivers signals there only)."""
-    if isinstance(exc, KeyboardInterrupt):
+    """Whether ``exc`` stops this process rather than fails the code: Ctrl-C, ``SystemExit``
+    in the main thread (Python delivers signals there only), or a test's simulated crash."""
+    if isinstance(exc, KeyboardInterrupt | SimulatedCrash):
         return True
     return isinstance(exc, SystemExit) and threading.current_thread() is threading.main_thread()
 

@@ -36,7 +36,13 @@ from django.db import DatabaseError, InterfaceError, connections, router
 
 from . import runtime
 from .conf import conf
-from .exceptions import LeaseLost, StorageError, UnknownWorkflow, WorkflowCancelled
+from .exceptions import (
+    LeaseLost,
+    StorageError,
+    UnknownWorkflow,
+    WorkflowCancelled,
+    WorkflowInTransaction,
+)
 from .lease import Lease, heartbeat, owner_name, process_owner
 from .models import Workflow, WorkflowStatus
 from .store import CHANNEL, Store, store_for
@@ -126,7 +132,19 @@ class Worker:
     # --- Main thread ---------------------------------------------------------------------------
 
     def run(self) -> Summary:
-        """Work until stopped; return what was done. Installs SIGTERM/SIGINT handlers."""
+        """Work until stopped; return what was done. Installs SIGTERM/SIGINT handlers.
+
+        Raise ``WorkflowInTransaction`` if called inside a transaction (a test's): the runners'
+        connections could not see what it has not committed.
+        """
+        if connections[self.alias].in_atomic_block:
+            raise WorkflowInTransaction(
+                "The worker was started inside a transaction (a test case's?). It runs "
+                "workflows in threads of its own, whose database connections cannot see what "
+                "this transaction has not committed, so it would find nothing to run. In a test, "
+                "run queued workflows with django_pgqrs.testing.drain(), or use a test that "
+                "commits (TransactionTestCase, pytest.mark.django_db(transaction=True))."
+            )
         previous = {
             sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
         }

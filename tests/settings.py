@@ -69,3 +69,13 @@ PGQRS = {
 }
 if os.environ.get("PGQRS_TEST_LISTEN_DATABASE"):
     PGQRS["LISTEN_DATABASE"] = os.environ["PGQRS_TEST_LISTEN_DATABASE"]
+
+if os.environ.get("PGQRS_TEST_LOGGING"):
+    # As a project that configures django-pgqrs's logger itself.
+    LOGGING = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"plain": {"format": "LOGGED %(levelname)s %(message)s"}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain"}},
+        "loggers": {"django_pgqrs": {"handlers": ["stderr"], "level": "INFO"}},
+    }

@@ -420,3 +420,14 @@ def test_a_worker_whose_runners_cannot_go_on_exits_with_an_error(processes):
             cursor.execute("ALTER TABLE pgqrs_workflows_away RENAME TO pgqrs_workflows")
     assert done.returncode == 1, done.stderr
     assert "The worker stopped: runner 0 failed 5 times in a row" in done.stderr
+
+
+def test_verbosity_zero_quiets_the_worker_even_where_logging_configures_it(processes):
+    worker_three.start(1)
+    loud = processes.run("pgqrs_worker", "--burst", PGQRS_TEST_LOGGING="1")
+    assert "LOGGED INFO Worker" in loud.stderr
+    worker_three.start(2)
+    quiet = processes.run("pgqrs_worker", "--burst", "-v", "0", PGQRS_TEST_LOGGING="1")
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stderr == ""
+    assert Workflow.objects.filter(status="SUCCESS").count() == 2

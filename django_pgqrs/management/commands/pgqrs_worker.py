@@ -8,6 +8,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from django_pgqrs.exceptions import WorkflowInTransaction
 from django_pgqrs.worker import Worker
 
 
@@ -58,14 +59,21 @@ class Command(BaseCommand):
         if concurrency < 1:
             raise CommandError("--concurrency must be at least 1.")
         self._log_to_stderr(verbosity)
-        summary = Worker(names, concurrency, burst, grace_seconds, database).run()
+        try:
+            summary = Worker(names, concurrency, burst, grace_seconds, database).run()
+        except WorkflowInTransaction as exc:
+            raise CommandError(str(exc)) from exc
         if summary.fatal:
             raise CommandError(f"The worker stopped: {summary.fatal}")
 
     def _log_to_stderr(self, verbosity: int) -> None:
         # The worker reports through logging; without a configured handler, show its lines.
         log = logging.getLogger("django_pgqrs")
-        if log.handlers or verbosity == 0:
+        if verbosity == 0:
+            # Quiet, whatever LOGGING says: problems only.
+            log.setLevel(max(log.getEffectiveLevel(), logging.WARNING))
+            return
+        if log.hasHandlers():
             return
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
