@@ -102,3 +102,43 @@ def sqlite_locking(alias: str, database: dict[str, Any]) -> list[CheckMessage]:
             id="django_pgqrs.W001",
         )
     ]
+
+
+@register(Tags.database)
+def check_routing(**kwargs: Any) -> list[CheckMessage]:
+    """Warn when the models a project writes live on another database than the workflows.
+
+    An atomic step's writes commit with its checkpoint only on the checkpoint's database; writes
+    to another database commit on their own, before the checkpoint: at least once, not exactly
+    once.
+    """
+    from django.apps import apps
+
+    from .models import Workflow
+
+    alias = router.db_for_write(Workflow) or "default"
+    elsewhere: dict[str, set[str]] = {}
+    for model in apps.get_models():
+        if model._meta.app_label == Workflow._meta.app_label:
+            continue
+        database = router.db_for_write(model) or "default"
+        if database != alias:
+            elsewhere.setdefault(database, set()).add(model._meta.app_label)
+    if not elsewhere:
+        return []
+    where = "; ".join(
+        f"{', '.join(sorted(labels))} on {database!r}"
+        for database, labels in sorted(elsewhere.items())
+    )
+    return [
+        Warning(
+            f"The workflow tables are on database {alias!r}, but models of other apps are "
+            f"written elsewhere ({where}). An atomic step's writes happen exactly once only on "
+            f"{alias!r}, with its checkpoint; its writes to other databases commit on their "
+            f"own, at least once.",
+            hint="Route django_pgqrs to the database of the models that atomic steps write "
+            "(see the README, 'Several databases'), or silence this warning if atomic steps "
+            "write only there.",
+            id="django_pgqrs.W002",
+        )
+    ]

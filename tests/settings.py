@@ -38,13 +38,21 @@ CHILD_DB_NAME = os.environ.get("PGQRS_TEST_DB_NAME")
 
 if DB == "sqlite":
     test_file = str(Path(tempfile.gettempdir()) / f"pgqrs-test-{os.getpid()}.sqlite3")
+    other_file = str(Path(tempfile.gettempdir()) / f"pgqrs-test-other-{os.getpid()}.sqlite3")
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": CHILD_DB_NAME or test_file,
             "TEST": {"NAME": test_file},
             "OPTIONS": {"timeout": 30, "transaction_mode": "IMMEDIATE"},
-        }
+        },
+        # A second database, for the tests of routing.
+        "other": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": other_file,
+            "TEST": {"NAME": other_file},
+            "OPTIONS": {"timeout": 30, "transaction_mode": "IMMEDIATE"},
+        },
     }
 elif DB == "postgres":
     DATABASES = {
@@ -58,6 +66,8 @@ elif DB == "postgres":
             "NAME": CHILD_DB_NAME or os.environ.get("PGQRS_TEST_NAME", "pgqrs"),
         }
     }
+    # A second database, for the tests of routing.
+    DATABASES["other"] = {**DATABASES["default"], "NAME": DATABASES["default"]["NAME"] + "_other"}
 else:
     raise ValueError(f"PGQRS_TEST_DB must be postgres or sqlite, not {DB!r}")
 
