@@ -10,9 +10,11 @@ is checked against it before its saved result (or saved error) is handed back:
 2. Arguments: the call's arguments must be those of the saved call (compared by a digest). Keys
    are names (``fetch``, ``fetch#2``), so a call of ``fetch`` added before saved ones would
    otherwise be handed the saved result of another call.
-3. Errors: a saved step error that the workflow went past (it caught it, and called another step
-   after it) is raised again, not run, so that the workflow takes the same path. A step error
-   with no step after it is the one the workflow failed on (or died right after): it runs again.
+3. Errors: a saved step error is raised again, not run, so that the workflow takes the same path
+   (it caught the error and went on, or it would have). Only the step the workflow itself failed
+   on runs again: its checkpoint was marked when the workflow was saved as ERROR. (A process that
+   died between a step's error and the workflow's end left no mark: the resumed workflow gets
+   the error again, fails with it, and the next resume runs the step.)
 """
 
 from __future__ import annotations
@@ -56,13 +58,16 @@ class Run:
     # Saved step ids in position order, and how many of them this run has passed.
     _order: list[str] = field(default_factory=list)
     _passed: int = 0
-    # The saved step error that runs again: the last saved step, if it failed.
-    rerun: str | None = None
+    # Saved step errors that run again: those the workflow failed on.
+    rerun: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         self._order = sorted(self.saved, key=lambda key: self.saved[key].position)
-        if self._order and self.saved[self._order[-1]].status == StepStatus.ERROR:
-            self.rerun = self._order[-1]
+        self.rerun = frozenset(
+            key
+            for key, step in self.saved.items()
+            if step.status == StepStatus.ERROR and (step.error or {}).get("failed_workflow")
+        )
 
     def next_step_id(self, name: str) -> str:
         """Return the checkpoint key of the next call of step ``name``: name, name#2, ..."""
@@ -77,7 +82,8 @@ class Run:
             raise NonDeterministicWorkflow(
                 self.workflow.id, self.calls, saved=expected, called=step_id
             )
-        if saved.args_digest is not None and saved.args_digest != digest:
+        # The arguments of a step that runs again may differ: fixing them is a way to resume.
+        if saved.args_digest not in (None, digest) and step_id not in self.rerun:
             raise NonDeterministicWorkflow(
                 self.workflow.id, self.calls, saved=step_id, called=step_id, other_arguments=True
             )

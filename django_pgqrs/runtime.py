@@ -313,11 +313,11 @@ def _execute(
 
 
 def _fail(run: Run, exc: BaseException) -> None:
-    """Save the workflow as ERROR with ``exc``, naming the step it failed on, if any."""
+    """Save the workflow as ERROR with ``exc``, naming (and marking) the step it failed on."""
     step = run.failure_step(exc)
     run.workflow.status = WorkflowStatus.ERROR
     run.workflow.error = error_info(exc, step)
-    _end(run, WorkflowStatus.ERROR, error=error_text(exc, step), cause=exc)
+    _end(run, WorkflowStatus.ERROR, error=error_text(exc, step), failed_step=step, cause=exc)
 
 
 def _end(
@@ -325,12 +325,13 @@ def _end(
     status: str,
     result: str | None = None,
     error: str | None = None,
+    failed_step: str | None = None,
     cause: BaseException | None = None,
 ) -> None:
     """Write the run's end; raise ``StorageError`` (lease left for the heartbeat to give back)
     or the fence's error."""
     try:
-        ended = run.store.end(run.workflow.id, run.lease.token, status, result, error)
+        ended = run.store.end(run.workflow.id, run.lease.token, status, result, error, failed_step)
     except StorageError:
         heartbeat.leave(run.lease)
         raise

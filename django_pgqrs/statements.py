@@ -41,6 +41,7 @@ DIALECT = {
             "statement_timestamp() + %(delay)s::float8 * interval '1 second')"
         ),
         "distinct": "IS DISTINCT FROM",
+        "failed_mark": "jsonb_set(s.error, '{failed_workflow}', 'true'::jsonb)",
         "json": "::jsonb",
         "uuid": "::uuid",
         "text": "::text",
@@ -52,6 +53,7 @@ DIALECT = {
         "extend": "max(coalesce(lease_expires_at, %(until)s), %(until)s)",
         "run_at": "%(run_at)s",
         "distinct": "IS NOT",
+        "failed_mark": "json_set(s.error, '$.failed_workflow', json('true'))",
         "json": "",
         "uuid": "",
         "text": "",
@@ -215,6 +217,28 @@ UPDATE pgqrs_workflows SET
 WHERE workflow_id = %(id)s AND lease_token = %(token)s{uuid}
 RETURNING queue
 """
+
+# Ending a run in ERROR also marks the checkpoint of the step the workflow failed on, if it failed
+# on one: that step runs again on a resume, where any other saved step error (one the workflow
+# went past) is raised again from its checkpoint. The mark stays with the step through later
+# failures that are not a step's (a value that no longer decodes, say).
+FAIL = {
+    "postgresql": "WITH ended AS ("
+    + END.replace("RETURNING queue", "RETURNING workflow_id, queue").strip()
+    + """),
+marked AS (
+    UPDATE pgqrs_workflow_steps s SET error = {failed_mark}
+    FROM ended WHERE s.workflow_id = ended.workflow_id AND s.step_id = %(failed_step)s::text
+        AND s.status = 'ERROR')
+SELECT queue FROM ended
+""",
+    "sqlite": """
+UPDATE pgqrs_workflow_steps AS s SET error = {failed_mark}
+WHERE s.workflow_id = %(id)s AND s.step_id = %(failed_step)s AND s.status = 'ERROR'
+    AND EXISTS (SELECT 1 FROM pgqrs_workflows w
+                WHERE w.workflow_id = %(id)s AND w.lease_token = %(token)s)
+""",
+}
 
 # Giving the workflow back unfinished (the process is stopping, or cannot run it): anyone may
 # take it once it is due again.

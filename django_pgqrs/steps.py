@@ -80,7 +80,7 @@ def call_step(
                 f"The saved result of step {step_id!r} of workflow {run.workflow.id} cannot be "
                 f"decoded: {exc}"
             ) from None
-    if step_id != run.rerun:
+    if step_id not in run.rerun:
         error = failures.rebuild(saved.error or {}, step_id)
         run.errors[id(error)] = (error, step_id)
         raise error

@@ -131,6 +131,7 @@ class Store:
         self.sql_checkpoint = statements.checkpoint(self.vendor, shift=False)
         self.sql_checkpoint_shifting = statements.checkpoint(self.vendor, shift=True)
         self.sql_end = statements.END.format(**words)
+        self.sql_fail = statements.FAIL[self.vendor].format(**words)
         self.sql_release = statements.RELEASE.format(**words)
         self.sql_touch = statements.TOUCH.format(**words)
         self.sql_reap = statements.REAP[self.vendor].format(**words)
@@ -425,12 +426,32 @@ class Store:
         status: str,
         result: str | None = None,
         error: str | None = None,
+        failed_step: str | None = None,
     ) -> bool:
-        """Finish a run with ``status`` and release the lease; False if the lease was lost."""
+        """Finish a run with ``status`` and release the lease; False if the lease was lost.
+
+        ``failed_step``: the step whose error the workflow failed with, marked on its checkpoint
+        so that a resume runs it again.
+        """
         params = self._params(
-            0, id=workflow_id, token=self._token(token), status=status, result=result, error=error
+            0,
+            id=workflow_id,
+            token=self._token(token),
+            status=status,
+            result=result,
+            error=error,
+            failed_step=failed_step,
         )
-        return self._write(lambda cursor: _one(cursor, self.sql_end, params)) is not None
+        if failed_step is None:
+            return self._write(lambda cursor: _one(cursor, self.sql_end, params)) is not None
+        if self.vendor == "postgresql":
+            return self._write(lambda cursor: _one(cursor, self.sql_fail, params)) is not None
+
+        def work(cursor: CursorWrapper) -> bool:
+            cursor.execute(self.sql_fail, params)  # the mark first: the end clears the token
+            return _one(cursor, self.sql_end, params) is not None
+
+        return self._write(work)
 
     def release(
         self, workflow_id: int, token: uuid.UUID, delay: float = 0.0, error: str | None = None

@@ -95,6 +95,21 @@ def describe_decline(ctx: Workflow, amount: int) -> dict[str, Any]:
 
 
 @step
+def cleanup(ctx: Workflow, amount: int) -> str:
+    trace("cleanup")
+    return f"cleaned:{amount}"
+
+
+@workflow
+def charge_then_clean_up(ctx: Workflow, amount: int) -> str:
+    try:
+        # After a deploy that fixed the unit, the failed call's arguments change.
+        return charge_card(ctx, amount * 100 if "cents" in deployed else amount)
+    finally:
+        cleanup(ctx, amount)
+
+
+@step
 def raise_declined(ctx: Workflow) -> None:
     trace("raise_declined")
     raise Declined("no funds", code=51)

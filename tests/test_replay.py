@@ -12,6 +12,7 @@ from django.db import connections
 from django_pgqrs import (
     InputMismatch,
     NonDeterministicWorkflow,
+    SimulatedCrash,
     StepFailed,
     StepOutsideWorkflow,
     UnknownWorkflow,
@@ -23,6 +24,7 @@ from django_pgqrs import (
     operations,
     resume,
 )
+from django_pgqrs.testing import crash_at
 from tests import fault_workflows, workflows
 from tests.fault_workflows import Declined, checkout
 from tests.workflows import runs
@@ -364,3 +366,35 @@ def test_a_cancelled_error_from_a_step_is_saved_as_its_failure_and_not_retried()
         "exits",
     )
     assert runs == {"exits": 1}
+
+
+def test_the_step_the_workflow_failed_on_runs_again_though_steps_ran_after_it():
+    """``try: charge() finally: cleanup()``: the failed charge is not one the workflow went past."""
+    workflows.failures.append(Declined("no funds", code=51))
+    ctx = create_workflow("charge_then_clean_up", 30)
+    with pytest.raises(Declined):
+        fault_workflows.charge_then_clean_up(ctx, 30)
+    assert Workflow.objects.get(pk=ctx.id).error["step"] == "charge_card"
+    assert fault_workflows.charge_then_clean_up(ctx, 30) == "ch_30"
+    assert runs == {"charge_card": 2, "cleanup": 1}
+
+
+def test_a_caught_error_is_replayed_even_when_the_run_died_before_its_next_checkpoint():
+    workflows.failures.append(Declined("no funds", code=51))
+    ctx = create_workflow("checkout", 30)
+    with crash_at("tell_customer_declined"), pytest.raises(SimulatedCrash):
+        checkout(ctx, 30)
+    assert checkout(ctx, 30) == "declined:51"
+    assert runs == {"charge_card": 1, "tell_customer_declined": 1, "flaky": 1}
+
+
+def test_the_failed_step_may_run_again_with_fixed_arguments():
+    workflows.failures.append(RuntimeError("amount must be in cents"))
+    ctx = create_workflow("charge_then_clean_up", 30)
+    with pytest.raises(RuntimeError):
+        fault_workflows.charge_then_clean_up(ctx, 30)
+    fault_workflows.deployed.add("cents")
+    try:
+        assert fault_workflows.charge_then_clean_up(ctx, 30) == "ch_3000"
+    finally:
+        fault_workflows.deployed.clear()
