@@ -107,28 +107,34 @@ def digest(value: object) -> str:
 
 
 def _canonical(value: object) -> Any:
-    kind = type(value)
-    if kind is str or kind is int or kind is bool or value is None:
+    # Containers by what they are, not by their exact type (a namedtuple, a Counter), so that no
+    # iteration order (of a set, of a dict built in another order) reaches the digest.
+    if value is None or type(value) in (str, int, bool):
         return value
-    if kind is list or kind is tuple:
-        return [_canonical(item) for item in value]  # type: ignore[attr-defined]
-    if kind is dict:
-        mapping: dict[Any, Any] = value  # type: ignore[assignment]
-        if all(type(key) is str for key in mapping):
-            return {key: _canonical(item) for key, item in mapping.items()}
-        return {TAG: "dict", "v": _sorted([key, item] for key, item in mapping.items())}
-    if kind is set or kind is frozenset:
-        return {TAG: "set", "v": _sorted(value)}  # type: ignore[arg-type]
+    if isinstance(value, enum.Enum):
+        return {TAG: "enum", "cls": type(value).__qualname__, "v": _canonical(value.value)}
+    for base in (bool, int, str):
+        if isinstance(value, base):
+            return base(value)
+    if isinstance(value, dict):
+        if all(type(key) is str for key in value) and TAG not in value and ORDER not in value:
+            return {key: _canonical(item) for key, item in value.items()}
+        return {TAG: "dict", "v": _sorted([key, item] for key, item in value.items())}
+    if isinstance(value, set | frozenset):
+        return {TAG: "set", "v": _sorted(value)}
+    if isinstance(value, list | tuple):
+        return [_canonical(item) for item in value]
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
-        return {TAG: "dataclass", "cls": kind.__qualname__, "v": _canonical(fields)}
+        return {TAG: "dataclass", "cls": type(value).__qualname__, "v": _canonical(fields)}
     try:
         return to_json(value)
     except _Unencodable:
-        pk = getattr(value, "pk", None)
+        kind = type(value)
         meta = getattr(value, "_meta", None)
-        if meta is not None and type(pk) in (int, str):
-            return {TAG: "model", "cls": str(meta.label), "pk": pk}
+        pk = getattr(value, "pk", None)
+        if meta is not None and pk is not None:
+            return {TAG: "model", "cls": str(meta.label), "pk": str(pk)}
         return {TAG: "object", "cls": f"{kind.__module__}.{kind.__qualname__}"}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime
 import decimal
@@ -9,14 +10,18 @@ import enum
 import json
 import math
 import os
+import subprocess
 import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from django_pgqrs import PayloadError
 from django_pgqrs.codec import digest, dump, loads
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class Color(enum.Enum):
@@ -333,3 +338,34 @@ def test_the_digest_takes_any_value() -> None:
     assert digest({"obj": object()}) == digest({"obj": object()})
     assert digest(Coordinates(1.0, 2.0)) == digest(Coordinates(1.0, 2.0))
     assert digest(Coordinates(1.0, 2.0)) != digest(Coordinates(1.0, 3.0))
+
+
+def test_the_digest_does_not_depend_on_the_hash_seed(tmp_path) -> None:
+    """Sets inside namedtuples, Counters, defaultdicts iterate in a seed-dependent order."""
+    script = tmp_path / "digest.py"
+    script.write_text(
+        "import collections, sys\n"
+        "from django_pgqrs.codec import digest\n"
+        "Job = collections.namedtuple('Job', 'name tags')\n"
+        "words = ['alpha', 'beta', 'gamma', 'delta', 'epsilon', 'zeta']\n"
+        "by_letter = collections.defaultdict(set)\n"
+        "for word in words: by_letter[word[0]].add(word)\n"
+        "value = [Job('j', frozenset(words)), collections.Counter(set(words)), by_letter]\n"
+        "print(digest(value))\n"
+    )
+    digests = set()
+    for seed in ("1", "2", "3", "4"):
+        done = subprocess.run(
+            [sys.executable, str(script)],
+            env={**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        digests.add(done.stdout)
+    assert len(digests) == 1
+
+
+def test_the_digest_tells_apart_what_only_looks_alike() -> None:
+    assert digest({"__pgqrs__": "set", "v": [1, 2]}) != digest({1, 2})
+    assert digest(collections.Counter(a=1, b=2)) == digest(collections.Counter(b=2, a=1))
