@@ -10,3 +10,7 @@ os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/pgqrs_
 from testproject.settings import *  # noqa: F403
 
 INSTALLED_APPS = [*INSTALLED_APPS, "bench.benchapp"]  # noqa: F405
+
+# bench/pgbouncer.py has a worker LISTEN on the server itself while its work goes through a pooler.
+if os.environ.get("PGQRS_BENCH_LISTEN_DATABASE"):
+    PGQRS = {**PGQRS, "LISTEN_DATABASE": os.environ["PGQRS_BENCH_LISTEN_DATABASE"]}  # noqa: F405

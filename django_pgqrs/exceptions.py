@@ -88,6 +88,9 @@ class StorageError(PgqrsError):
     (by a worker once its lease expires, or by calling it again) when the database is back.
     """
 
+    # The workflow whose run it stopped, if it stopped one.
+    workflow_id: int | None = None
+
     def __init__(self, alias: str, cause: BaseException) -> None:
         self.alias = alias
         super().__init__(

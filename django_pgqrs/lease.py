@@ -27,6 +27,7 @@ connection before it could give the workflow back) is recognised by the token it
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -97,11 +98,14 @@ class Heartbeat:
     def _reset(self) -> None:
         self._lock = threading.Lock()
         self._leases: set[Lease] = set()
-        # Leases that runs here left in the database, by workflow id: given back by the thread
-        # once the database answers, unless a run here takes one back first.
-        self._leftovers: dict[int, Lease] = {}
+        # Leases that runs here left in the database, by token: given back by the thread once the
+        # database answers, unless a run here takes one back first. (A claim whose reply was
+        # lost leaves a lease on a workflow it does not know: its id is 0.)
+        self._leftovers: dict[uuid.UUID, Lease] = {}
         self._wake = threading.Event()
+        self._watching = threading.Event()
         self._thread: threading.Thread | None = None
+        self._watchdog: threading.Thread | None = None
         self._generation = 0
         self._beat_started: float | None = None
 
@@ -109,7 +113,7 @@ class Heartbeat:
         """Keep ``lease`` renewed until ``drop`` is called."""
         with self._lock:
             self._leases.add(lease)
-            self._ensure_thread()
+            self._ensure_threads()
         self._wake.set()
 
     def drop(self, lease: Lease) -> None:
@@ -124,52 +128,95 @@ class Heartbeat:
     def leave(self, lease: Lease) -> None:
         """Stop renewing ``lease``, and give its workflow back once the database answers.
 
-        For a run that ended without giving its workflow back because the database went away.
+        For a run that ended without giving its workflow back because the database went away,
+        and for a claim that may have taken one before its reply was lost.
         """
         with self._lock:
             self._leases.discard(lease)
-            self._leftovers[lease.workflow_id] = lease
-            self._ensure_thread()
+            self._leftovers[lease.token] = lease
+            self._ensure_threads()
         self._wake.set()
 
     def take_back(self, workflow_id: int) -> Lease | None:
         """Return the lease a run here left on ``workflow_id``, if any, forgetting it."""
         with self._lock:
-            return self._leftovers.pop(workflow_id, None)
+            for token, lease in self._leftovers.items():
+                if lease.workflow_id == workflow_id:
+                    return self._leftovers.pop(token)
+        return None
 
     def leftovers(self) -> list[Lease]:
         with self._lock:
             return list(self._leftovers.values())
 
+    def give_back_leftovers(self) -> None:
+        """Give back, now, the leases runs here left (when the process is about to exit)."""
+        for lease in self.leftovers():
+            with contextlib.suppress(Exception):
+                self._give_back(lease)
+
     def ensure_alive(self) -> None:
         """Restart the heartbeat thread if it died or hangs in a renewal."""
         with self._lock:
             if self._leases or self._leftovers:
-                self._ensure_thread()
+                self._ensure_threads()
 
-    def _ensure_thread(self) -> None:
+    def _ensure_threads(self) -> None:
         # Called with the lock held.
+        self._watching.set()
+        if self._watchdog is None or not self._watchdog.is_alive():
+            self._watchdog = threading.Thread(
+                target=self._watch, name="pgqrs-heartbeat-watchdog", daemon=True
+            )
+            self._watchdog.start()
         started = self._beat_started
-        hung = started is not None and time.monotonic() - started > 2 * conf.HEARTBEAT_SECONDS
+        # A renewal gives up after half a heartbeat (a statement timeout); one still waiting
+        # after a whole one waits on a connection that does not answer.
+        hung = started is not None and time.monotonic() - started > conf.HEARTBEAT_SECONDS
         if self._thread is not None and self._thread.is_alive() and not hung:
             return
         if hung:
             logger.error(
-                "The lease heartbeat has been waiting for the database for %.0fs; starting a "
+                "The lease heartbeat has been waiting for the database for %.1fs; starting a "
                 "new heartbeat thread with a new connection",
                 time.monotonic() - started,  # type: ignore[operator]
             )
         elif self._thread is not None:
             logger.error("The lease heartbeat thread had stopped; starting it again")
+        replacing = self._thread is not None
         self._generation += 1
         self._beat_started = None
         self._thread = threading.Thread(
-            target=self._loop, args=(self._generation,), name="pgqrs-heartbeat", daemon=True
+            target=self._loop,
+            args=(self._generation, replacing),
+            name="pgqrs-heartbeat",
+            daemon=True,
         )
         self._thread.start()
 
-    def _loop(self, generation: int) -> None:
-        failing = False
+    def _watch(self) -> None:
+        """The watchdog: no I/O, so it cannot hang; restarts a heartbeat that died or hangs,
+        also while a run is inside a long step."""
+        while not sys.is_finalizing():
+            try:
+                self._watching.clear()
+                with self._lock:
+                    busy = bool(self._leases or self._leftovers)
+                if not busy:
+                    self._watching.wait()
+                    continue
+                time.sleep(min(0.5, conf.HEARTBEAT_SECONDS / 4))
+                self.ensure_alive()
+            except BaseException:
+                if sys.is_finalizing():
+                    return
+                logger.exception("The lease heartbeat's watchdog failed; it goes on")
+                with contextlib.suppress(Exception):
+                    time.sleep(0.5)
+
+    def _loop(self, generation: int, at_once: bool) -> None:
+        # A replacement renews at once: the thread it replaces may have let leases run low.
+        failing = at_once
         while generation == self._generation and not sys.is_finalizing():
             try:
                 # Clear before looking: a hold() from now on sets it again, and is not missed.
@@ -184,7 +231,10 @@ class Heartbeat:
                 retry = min(1.0, conf.HEARTBEAT_SECONDS)
                 with self._lock:
                     waiting = bool(self._leftovers)
-                time.sleep(retry if failing or waiting else conf.HEARTBEAT_SECONDS)
+                if at_once:
+                    at_once = False
+                else:
+                    time.sleep(retry if failing or waiting else conf.HEARTBEAT_SECONDS)
                 if generation != self._generation:
                     return  # replaced while it slept or hung
                 failing = not self._beat()
@@ -210,16 +260,22 @@ class Heartbeat:
             ok = self._renew(alias, leases) is not None and ok
         for lease in self.leftovers():
             try:
-                store_for(lease.alias).release(lease.workflow_id, lease.token)
+                self._give_back(lease)
             except Exception:
                 _close(lease.alias)
                 ok = False
-                continue
-            with self._lock:
-                if self._leftovers.get(lease.workflow_id) is lease:
-                    del self._leftovers[lease.workflow_id]
-            logger.info("Gave back workflow %s, left behind by a failed run", lease.workflow_id)
         return ok
+
+    def _give_back(self, lease: Lease) -> None:
+        store = store_for(lease.alias)
+        if lease.workflow_id:
+            given = store.release(lease.workflow_id, lease.token)
+        else:
+            given = store.release_token(lease.token)
+        with self._lock:
+            self._leftovers.pop(lease.token, None)
+        if given:
+            logger.info("Gave back workflow %s, left behind by a failed run", lease.workflow_id)
 
     def _by_alias(self) -> dict[str, list[Lease]]:
         by_alias: dict[str, list[Lease]] = {}
@@ -235,7 +291,7 @@ class Heartbeat:
             renewal = store_for(alias).renew(
                 [(lease.workflow_id, lease.token) for lease in leases],
                 seconds,
-                timeout=conf.HEARTBEAT_SECONDS,
+                timeout=conf.HEARTBEAT_SECONDS / 2,
             )
         except Exception as exc:
             level = logging.WARNING if isinstance(exc, StorageError) else logging.ERROR
@@ -269,3 +325,6 @@ heartbeat = Heartbeat()
 # A forked child must neither renew its parent's leases nor wait on a lock held by a thread
 # that does not exist in it.
 os.register_at_fork(after_in_child=heartbeat._reset)
+# A process that exits gives back what runs here left, if the database answers, rather than let
+# it wait for its lease to run out.
+atexit.register(heartbeat.give_back_leftovers)

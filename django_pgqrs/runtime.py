@@ -103,9 +103,11 @@ def run_workflow(
             force,
             previous=previous.token if previous else None,
         )
-    except BaseException:
+    except BaseException as exc:
         if previous is not None:
             heartbeat.leave(previous)
+        if isinstance(exc, StorageError):
+            heartbeat.leave(lease)  # the claim may have been made, and its reply lost
         raise
     if claimed is None:
         return _unclaimable(workflow, store)
@@ -127,13 +129,17 @@ def start_and_run(
     savepoints = refuse_in_transaction(store.alias, f"{definition.name}.run(...)", definition.name)
     lease = Lease(store.alias, 0)
     sent = time.monotonic()
-    inserted = store.insert(
-        name=definition.name,
-        input_text=text,
-        lease=conf.LEASE_SECONDS,
-        owner=owner_name(),
-        token=lease.token,
-    )
+    try:
+        inserted = store.insert(
+            name=definition.name,
+            input_text=text,
+            lease=conf.LEASE_SECONDS,
+            owner=owner_name(),
+            token=lease.token,
+        )
+    except StorageError:
+        heartbeat.leave(lease)  # the row may have been saved, under this lease
+        raise
     assert inserted is not None  # no idempotency key, no conflict
     workflow_id, created_at, run_at = inserted
     lease.workflow_id = workflow_id
@@ -274,10 +280,11 @@ def _execute(
             text = codec.dump(
                 value, f"result of workflow {definition.name!r}", conf.MAX_PAYLOAD_BYTES
             )
-        except StorageError:
+        except StorageError as exc:
             # Not the workflow's failure: it keeps its last checkpoint; the lease is given back
             # once the database answers, or taken back by the next run here.
             heartbeat.leave(lease)
+            _name_workflow(exc, workflow.id)
             raise
         except (LeaseLost, WorkflowCancelled):
             raise
@@ -332,11 +339,21 @@ def _end(
     or the fence's error."""
     try:
         ended = run.store.end(run.workflow.id, run.lease.token, status, result, error, failed_step)
-    except StorageError:
+    except StorageError as exc:
         heartbeat.leave(run.lease)
+        _name_workflow(exc, run.workflow.id)
         raise
     if not ended:
         raise run.lost_error() from cause
+
+
+def _name_workflow(exc: StorageError, workflow_id: int) -> None:
+    if exc.workflow_id is None:
+        exc.workflow_id = workflow_id
+        exc.add_note(
+            f"Workflow {workflow_id} keeps its last checkpoint: a worker finishes it once the "
+            f"database is back, or `resume({workflow_id})` does."
+        )
 
 
 def _give_back(run: Run) -> None:

@@ -251,6 +251,15 @@ WHERE workflow_id = %(id)s AND lease_token = %(token)s{uuid}
 RETURNING queue
 """
 
+# Giving back a lease known only by its token: a claim whose reply was lost may have taken one.
+RELEASE_TOKEN = """
+UPDATE pgqrs_workflows SET
+    status = 'PENDING', updated_at = {now}, run_at = {now},
+    lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+WHERE status = 'RUNNING' AND lease_token = %(token)s{uuid}
+RETURNING queue
+"""
+
 # Confirming one lease (before a step retries, or when the last confirmation is old): a fenced
 # renewal that says whether the lease is still this process's.
 TOUCH = """
@@ -275,6 +284,13 @@ _EXPIRED = """
 SELECT workflow_id, lease_owner FROM pgqrs_workflows
 WHERE status IN ('RUNNING', 'SLEEPING') AND lease_expires_at < {now}
 ORDER BY workflow_id LIMIT 100"""
+
+# Is there anything for recovery to take back? (A burst worker waits out a hold only if so.)
+ANY_EXPIRED = """
+SELECT 1 FROM pgqrs_workflows
+WHERE status IN ('RUNNING', 'SLEEPING') AND lease_expires_at < {now}
+LIMIT 1
+"""
 
 REAP = {
     "postgresql": "WITH expired AS (" + _EXPIRED + " FOR UPDATE SKIP LOCKED)\n"

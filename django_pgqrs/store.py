@@ -11,6 +11,7 @@ import contextlib
 import datetime
 import json
 import logging
+import secrets
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -133,8 +134,10 @@ class Store:
         self.sql_end = statements.END.format(**words)
         self.sql_fail = statements.FAIL[self.vendor].format(**words)
         self.sql_release = statements.RELEASE.format(**words)
+        self.sql_release_token = statements.RELEASE_TOKEN.format(**words)
         self.sql_touch = statements.TOUCH.format(**words)
         self.sql_reap = statements.REAP[self.vendor].format(**words)
+        self.sql_any_expired = statements.ANY_EXPIRED.format(**words)
         self.sql_reap_update = statements.REAP_SQLITE_UPDATE.format(**words)
         self.sql_renew = statements.RENEW[self.vendor].format(**words)
 
@@ -163,6 +166,7 @@ class Store:
             # Django turns preparing off (None), and psycopg then ignores prepare=True too. A
             # threshold no statement reaches keeps Django's own statements unprepared.
             pg_connection.prepare_threshold = _NEVER
+        _unique_statement_names(pg_connection)
         raw: Any = _PreparedCursor(pg_connection)
         cursor = connection.make_debug_cursor(raw) if logged else connection.make_cursor(raw)
         connection._pgqrs_cursor = (pg_connection, logged, cursor)  # type: ignore[attr-defined]
@@ -467,6 +471,27 @@ class Store:
 
         return self._write(work)
 
+    def release_token(self, token: uuid.UUID) -> bool:
+        """Give back the workflow a lease of ``token`` holds, if any (its id is not known)."""
+        params = self._params(0, token=self._token(token))
+
+        def work(cursor: CursorWrapper) -> bool:
+            row = _one(cursor, self.sql_release_token, params)
+            if row is not None:
+                self._notify(cursor, row[0])
+            return row is not None
+
+        return self._write(work)
+
+    def any_expired(self) -> bool:
+        """Whether any running workflow's lease has expired."""
+        params = self._params(0)
+        return self._write(lambda cursor: _one(cursor, self.sql_any_expired, params)) is not None
+
+    def ping(self) -> None:
+        """Raise ``StorageError`` unless the database answers."""
+        self._write(lambda cursor: _one(cursor, "SELECT 1", {}))
+
     def touch(self, workflow_id: int, token: uuid.UUID, lease: float) -> bool:
         """Renew one lease if it is still this token's; False if it was lost."""
         params = self._params(lease, id=workflow_id, token=self._token(token))
@@ -546,6 +571,20 @@ class Store:
         else:
             lost = frozenset(row[0] for row in rows if not row[1])
         return Renewal(renewed, lost)
+
+
+def _unique_statement_names(pg_connection: Any) -> None:
+    """Name this connection's prepared statements apart from every other connection's.
+
+    psycopg names them ``_pg3_0``, ``_pg3_1``, ... in every connection. Behind a pooler in
+    transaction mode (PgBouncer before 1.21), a transaction may land on a server session where
+    another client prepared its own ``_pg3_4``: executing ours would run theirs, with our
+    parameters. Starting the numbering at a random point makes such a name never found there
+    ("does not exist", which falls back to unprepared statements) rather than found wrong.
+    """
+    manager = getattr(pg_connection, "_prepared", None)
+    if manager is not None and getattr(manager, "_prepared_idx", None) == 0:
+        manager._prepared_idx = secrets.randbits(60)
 
 
 def _schema_error(exc: Exception) -> bool:

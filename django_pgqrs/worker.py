@@ -6,32 +6,36 @@ machines share the work through PostgreSQL alone), runs it through the engine, a
 next. When nothing is due, runners sleep until a notification (PostgreSQL ``LISTEN``; a commit
 that makes a workflow due sends ``NOTIFY``) or the poll interval wakes them.
 
-The main thread listens, and every poll interval takes back workflows whose owner stopped
+A poller thread listens, and every poll interval takes back workflows whose owner stopped
 renewing its lease (``Store.reap``): they become PENDING for any worker, or ERROR after
-``MAX_RECOVERY_ATTEMPTS`` takeovers. It also handles SIGTERM and SIGINT: stop claiming, let the
-running workflows finish within the grace period, then give back the leases of the rest so that
-another worker takes them at once. A second signal gives them back and exits at once.
+``MAX_RECOVERY_ATTEMPTS`` takeovers. The main thread touches no database, so that it always
+answers signals: on SIGTERM or SIGINT it stops claiming, lets the running workflows finish within
+the grace period, then gives back the leases of the rest so that another worker takes them at
+once. A second signal gives them back and exits at once (a database that does not answer gets a
+second or so).
 
 Every thread is supervised: whatever a workflow raises, its runner logs it and claims the next;
-a database outage makes runners wait and retry; the main thread restarts a runner (or the lease
-heartbeat) that stopped. Only a runner that fails again and again outside any workflow (the
-tables are missing, say) stops the worker, which then exits with an error instead of idling.
+a database outage makes runners wait and retry; the main thread restarts a runner, the poller or
+the lease heartbeat if one stopped. Only a runner that fails again and again outside any workflow
+(the tables are missing, say) stops the worker, which then exits with an error instead of idling.
+
+Recovery waits after an outage. While the database is out of reach no owner can renew its lease,
+so leases run out under live owners; once it is back, their heartbeats renew within a second or
+so, and taking their workflows before that would run steps twice. So a worker takes nothing back
+for a short grace after it starts (it cannot know how long the database was away before) and
+after it saw the database away long enough for leases to run out. Brief cuts do not count.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
 
-from django.conf import settings
 from django.db import DatabaseError, InterfaceError, connections, router
 
 from . import runtime
@@ -44,14 +48,19 @@ from .exceptions import (
     WorkflowInTransaction,
 )
 from .lease import Lease, heartbeat, owner_name, process_owner
+from .listener import Listener, Wakeup
 from .models import Workflow, WorkflowStatus
-from .store import CHANNEL, Store, store_for
+from .store import Store, store_for
 
 logger = logging.getLogger("django_pgqrs.worker")
 
 # A runner that fails this many times in a row outside any workflow gives up, and the worker
 # stops with an error.
 RUNNER_FAILURES = 5
+# How long giving back leases may take when stopping, after the grace period, and after a second
+# signal; past that, the leases are left to run out.
+GIVE_BACK_SECONDS = 5.0
+GIVE_BACK_AT_ONCE_SECONDS = 1.0
 
 
 @dataclass
@@ -73,27 +82,6 @@ class Summary:
             f"{self.released} given back, {self.recovered} recovered from dead owners, "
             f"in {time.monotonic() - self.started:.1f}s"
         )
-
-
-class Wakeup:
-    """Wakes idle runners; a ring between their claim and their wait is not lost."""
-
-    def __init__(self) -> None:
-        self._condition = threading.Condition()
-        self._rings = 0
-
-    def ring(self) -> None:
-        with self._condition:
-            self._rings += 1
-            self._condition.notify_all()
-
-    def rings(self) -> int:
-        return self._rings
-
-    def wait(self, seen: int, timeout: float) -> None:
-        with self._condition:
-            if self._rings == seen:
-                self._condition.wait(timeout)
 
 
 class Worker:
@@ -122,14 +110,17 @@ class Worker:
         self._leases: dict[int, Lease] = {}  # runner thread id -> lease of its current workflow
         self._runners: list[threading.Thread] = []
         self._finished: set[int] = set()  # runners (by index) that ended on purpose
-        # No recovery before this time (time.monotonic()): see _outage().
-        self._reap_after = 0.0
+        self._poller: threading.Thread | None = None
+        self._connected = threading.Event()  # the database answered once: runners may start
+        # Recovery waits until then (time.monotonic()), and since when the database has failed.
+        self._reap_after = float("inf")
+        self._failing_since: float | None = None
 
     @property
     def store(self) -> Store:
         return store_for(self.alias)
 
-    # --- Main thread ---------------------------------------------------------------------------
+    # --- Main thread: signals and supervision, no database --------------------------------------
 
     def run(self) -> Summary:
         """Work until stopped; return what was done. Installs SIGTERM/SIGINT handlers.
@@ -156,14 +147,17 @@ class Worker:
             ", burst" if self.burst else "",
         )
         try:
-            self._wait_for_database()
-            if not self.stopping.is_set():
-                self._reap()
-                self._runners = [self._start_runner(n) for n in range(self.concurrency)]
-                self._listen()
-                self._drain()
+            self._poller = self._start(self._poll, "pgqrs-poller")
+            self._supervise_until_stopped()
+            self.stop()  # a burst worker's runners are done: so is its poller
+            self._drain()
         finally:
-            for lease in self._give_back(list(self._leases.values()) + heartbeat.leftovers()):
+            self.stop()
+            if self._poller is not None:
+                self._poller.join(GIVE_BACK_AT_ONCE_SECONDS)
+            with self._lock:
+                left = list(self._leases.values())
+            for lease in self._give_back(left, GIVE_BACK_AT_ONCE_SECONDS, leftovers=True):
                 logger.warning(
                     "Could not give back workflow %s; its lease will expire", lease.workflow_id
                 )
@@ -191,64 +185,38 @@ class Worker:
         else:
             raise SystemExit(1)
 
-    def _wait_for_database(self) -> None:
-        delay = 0.5
-        while not self.stopping.is_set():
-            try:
-                connections[self.alias].ensure_connection()
-                return
-            except (DatabaseError, InterfaceError) as exc:
-                logger.warning(
-                    "Database %r unreachable (%s); retrying in %.1fs", self.alias, exc, delay
-                )
-                self.stopping.wait(delay)
-                delay = min(delay * 2, 10.0)
-
-    def _start_runner(self, number: int) -> threading.Thread:
-        thread = threading.Thread(
-            target=self._runner, args=(number,), name=f"pgqrs-runner-{number}", daemon=True
-        )
+    def _start(self, target: Callable[..., None], name: str, *args: object) -> threading.Thread:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
         thread.start()
         return thread
 
-    def _listen(self) -> None:
-        """Until stopping: wake runners on notifications and each poll; recover dead owners'."""
-        listener = None
-        if self.store.vendor == "postgresql":
-            listener = Listener(self.alias, on_failure=self._outage)
-        next_poll = 0.0
-        try:
-            while not self.stopping.is_set():
-                try:
-                    if self.burst and not any(thread.is_alive() for thread in self._runners):
-                        return
-                    # Wait in short slices, so that a stop is noticed at once whatever the poll.
-                    now = time.monotonic()
-                    slice_ = max(0.0, min(0.25, next_poll - now))
-                    if listener is not None and listener.wait(self.queues, slice_):
-                        self.wakeup.ring()
-                    elif listener is None:
-                        self.stopping.wait(slice_)
-                    if time.monotonic() >= next_poll:
-                        next_poll = time.monotonic() + conf.POLL_SECONDS
-                        self.wakeup.ring()
-                        self._reap()
-                        self._supervise()
-                except Exception:
-                    logger.exception("Worker %s: unexpected error; it goes on", process_owner())
-                    self.stopping.wait(conf.POLL_SECONDS)
-        finally:
-            if listener is not None:
-                listener.close()
+    def _supervise_until_stopped(self) -> None:
+        """Start the runners once the database answers; restart threads that stopped; return
+        when stopping (or, with ``burst``, when every runner is done)."""
+        next_look = 0.0
+        while not self.stopping.wait(0.1):
+            if not self._runners and self._connected.is_set():
+                self._runners = [
+                    self._start(self._runner, f"pgqrs-runner-{n}", n)
+                    for n in range(self.concurrency)
+                ]
+            if self.burst and self._runners and not any(t.is_alive() for t in self._runners):
+                return
+            if time.monotonic() >= next_look:
+                next_look = time.monotonic() + conf.POLL_SECONDS
+                self._supervise()
 
     def _supervise(self) -> None:
-        """Restart runner threads that stopped unexpectedly, and the heartbeat if it did."""
+        """Restart the poller and runners that stopped unexpectedly, and the heartbeat."""
         heartbeat.ensure_alive()
+        if self._poller is not None and not self._poller.is_alive() and not self.stopping.is_set():
+            logger.error("Worker %s: the poller had stopped; restarting it", process_owner())
+            self._poller = self._start(self._poll, "pgqrs-poller")
         for number, thread in enumerate(self._runners):
             if thread.is_alive() or number in self._finished or self.stopping.is_set():
                 continue
             logger.error("Worker %s: runner %d had stopped; restarting it", process_owner(), number)
-            self._runners[number] = self._start_runner(number)
+            self._runners[number] = self._start(self._runner, f"pgqrs-runner-{number}", number)
 
     def _drain(self) -> None:
         """After a stop: wait for runners up to the grace period, then give leases back."""
@@ -265,47 +233,143 @@ class Worker:
                 len(left),
                 ", ".join(str(lease.workflow_id) for lease in left),
             )
-        for lease in self._give_back(left):
+        for lease in self._give_back(left, GIVE_BACK_SECONDS):
             heartbeat.leave(lease)
 
-    def _give_back(self, leases: list[Lease]) -> list[Lease]:
-        """Release ``leases`` so that other workers take them now; return those not released."""
-        failed = []
-        for lease in leases:
-            # Its run, if still going, must not start another step (nor write) from now on.
-            lease.lost = True
+    def _give_back(
+        self, leases: list[Lease], seconds: float, leftovers: bool = False
+    ) -> list[Lease]:
+        """Release ``leases`` so that other workers take them now, within ``seconds`` (from a
+        thread of its own: the database may not answer); return those not released. With
+        ``leftovers``, also those that failed runs here left."""
+        if not leases and not leftovers:
+            return []
+        failed = list(leases)
+
+        def give_back() -> None:
             try:
-                if store_for(lease.alias).release(lease.workflow_id, lease.token):
-                    self._count("released")
+                if leftovers:
+                    heartbeat.give_back_leftovers()
+                for lease in leases:
+                    # Its run, if still going, must not start another step (nor write) from now.
+                    lease.lost = True
+                    try:
+                        if store_for(lease.alias).release(lease.workflow_id, lease.token):
+                            self._count("released")
+                        failed.remove(lease)
+                    except StorageError:
+                        pass
+            finally:
+                connections.close_all()
+
+        self._start(give_back, "pgqrs-give-back").join(seconds)
+        return list(failed)
+
+    # --- Poller thread: notifications and recovery ----------------------------------------------
+
+    def _poll(self) -> None:
+        """Wait for the database, then until stopping: wake runners on notifications and each
+        poll, and take back dead owners' workflows."""
+        listener = None
+        try:
+            self._wait_for_database()
+            if self.stopping.is_set():
+                return
+            # Started now: the database may just be back from an outage of unknown length.
+            self._hold_recovery()
+            self._connected.set()
+            if self.store.vendor == "postgresql":
+                listener = Listener(self.alias)
+            next_poll = 0.0
+            while not self.stopping.is_set():
+                try:
+                    # Wait in short slices, so that a stop is noticed at once whatever the poll.
+                    slice_ = max(0.0, min(0.25, next_poll - time.monotonic()))
+                    if listener is not None and listener.wait(self.queues, slice_):
+                        self.wakeup.ring()
+                    elif listener is None:
+                        self.stopping.wait(slice_)
+                    if time.monotonic() >= next_poll:
+                        next_poll = time.monotonic() + conf.POLL_SECONDS
+                        self.wakeup.ring()
+                        self._reap()
+                except Exception:
+                    logger.exception("Worker %s: the poller failed; it goes on", process_owner())
+                    self.stopping.wait(conf.POLL_SECONDS)
+        finally:
+            if listener is not None:
+                listener.close()
+            connections.close_all()
+
+    def _wait_for_database(self) -> None:
+        delay = 0.5
+        while not self.stopping.is_set():
+            try:
+                connections[self.alias].ensure_connection()
+                return
+            except (DatabaseError, InterfaceError) as exc:
+                logger.warning(
+                    "Database %r unreachable (%s); retrying in %.1fs", self.alias, exc, delay
+                )
+                self.stopping.wait(delay)
+                delay = min(delay * 2, 10.0)
+
+    def _hold_recovery(self) -> None:
+        """Take nothing back for a grace: long enough for live owners to renew their leases."""
+        grace = min(conf.LEASE_SECONDS / 2, conf.HEARTBEAT_SECONDS + 1.0)
+        self._reap_after = time.monotonic() + grace
+
+    def _storage_failed(self) -> None:
+        with self._lock:
+            if self._failing_since is None:
+                self._failing_since = time.monotonic()
+
+    def _storage_ok(self) -> None:
+        """The database answered: if it was away long enough for leases to run out, hold
+        recovery back (see the module's docstring)."""
+        with self._lock:
+            since, self._failing_since = self._failing_since, None
+        if since is not None and time.monotonic() - since >= self._long_outage():
+            self._hold_recovery()
+
+    def _any_expired(self) -> bool:
+        try:
+            return self.store.any_expired()
+        except StorageError:
+            return False
+
+    def _long_outage(self) -> float:
+        # Renewed every heartbeat, a lease has at least LEASE - HEARTBEAT left: an outage of half
+        # that, as seen here, may have begun earlier elsewhere.
+        return (conf.LEASE_SECONDS - conf.HEARTBEAT_SECONDS) / 2
+
+    def _reap(self, wait: bool = False) -> int:
+        """Take back workflows whose owners' leases expired; return how many. During a hold,
+        take nothing (or, with ``wait``, wait it out)."""
+        if self._failing_since is not None:
+            # Ask first: the answer may start a hold, which this round must respect.
+            try:
+                self.store.ping()
             except StorageError:
-                failed.append(lease)
-        return failed
-
-    def _outage(self) -> None:
-        """The database was out of reach: hold recovery back for one lease length.
-
-        During an outage no owner can renew its lease, so leases run out while their owners
-        still run steps. Once the database is back, every owner's heartbeat renews within a
-        second; taking their workflows before that would run the same steps twice. The owners
-        that died meanwhile are taken over one lease later.
-        """
-        self._reap_after = time.monotonic() + conf.LEASE_SECONDS
-
-    def _reap(self) -> int:
-        """Take back workflows whose owners' leases expired; return how many."""
+                return 0
+            self._storage_ok()
         if time.monotonic() < self._reap_after:
-            return 0
+            if not wait or not self._any_expired():
+                return 0
+            while (left := self._reap_after - time.monotonic()) > 0:
+                if self.stopping.wait(min(0.25, left)):
+                    return 0
         try:
             reaped = self.store.reap(conf.MAX_RECOVERY_ATTEMPTS)
         except StorageError as exc:
             logger.warning("Recovery skipped: %s", exc)
-            self.store.close_if_broken()
-            self._outage()
+            self._storage_failed()
             return 0
         except Exception:
             logger.exception("Recovery failed")
             self.store.close_if_broken()
             return 0
+        self._storage_ok()
         for item in reaped:
             if item.status == WorkflowStatus.ERROR:
                 logger.error(
@@ -338,13 +402,13 @@ class Worker:
             while not self.stopping.is_set():
                 try:
                     seen = self.wakeup.rings()
-                    if self._run_one():
-                        failures = 0
-                        continue
+                    ran = self._run_one()
                     failures = 0
+                    if ran is not False:  # ran one, or could not tell (the database failed)
+                        continue
                     if self.burst:
                         # Nothing due: one more look after taking back dead owners' workflows.
-                        if self._reap() == 0 and not self._run_one():
+                        if self._reap(wait=True) == 0 and self._run_one() is False:
                             self._finished.add(number)
                             return
                         continue
@@ -374,8 +438,9 @@ class Worker:
         logger.critical("Worker %s is stopping: %s", process_owner(), why)
         self.stop()
 
-    def _run_one(self) -> bool:
-        """Claim one due workflow and run it; return False if none was due."""
+    def _run_one(self) -> bool | None:
+        """Claim one due workflow and run it; return False if none was due, None if the
+        database could not say."""
         lease = Lease(self.alias, 0)
         sent = time.monotonic()
         try:
@@ -383,11 +448,12 @@ class Worker:
                 self.queues, owner_name(), lease.token, conf.LEASE_SECONDS
             )
         except StorageError as exc:
+            heartbeat.leave(lease)  # the claim may have been made, and its reply lost
             logger.warning("Could not claim a workflow: %s", exc)
-            self.store.close_if_broken()
-            self._outage()
+            self._storage_failed()
             self.stopping.wait(conf.POLL_SECONDS)
-            return False
+            return None
+        self._storage_ok()
         if claimed is None:
             return False
         lease.workflow_id = claimed.workflow_id
@@ -407,8 +473,7 @@ class Worker:
         except StorageError as exc:
             # Its lease is given back by the heartbeat once the database answers.
             logger.warning("Workflow %s interrupted: %s", label, exc)
-            self.store.close_if_broken()
-            self._outage()
+            self._storage_failed()
         except UnknownWorkflow as exc:
             logger.error("Workflow %s not run: %s", label, exc)
         except BaseException as exc:
@@ -429,92 +494,3 @@ class Worker:
             with self._lock:
                 self._leases.pop(ident, None)
         return True
-
-
-class Listener:
-    """A PostgreSQL connection that LISTENs for due workflows; reconnects after failures.
-
-    Each new connection first checks that notifications reach it: one sent through the
-    workflows' database must arrive. Through a pooler in transaction mode it does not (the LISTEN
-    stays on a server connection the pooler hands to others); the worker then says so once and
-    polls, until ``PGQRS['LISTEN_DATABASE']`` names a direct connection.
-    """
-
-    PROBE_SECONDS = 2.0
-
-    def __init__(self, alias: str, on_failure: Callable[[], None] = lambda: None) -> None:
-        self.alias = alias
-        self.on_failure = on_failure
-        self._connection: Any = None
-        self._retry_at = 0.0
-        self._deaf = False
-
-    def wait(self, queues: list[str], timeout: float) -> bool:
-        """Wait up to ``timeout`` for a notification about ``queues``; False if none came."""
-        deadline = time.monotonic() + timeout
-        try:
-            connection = self._connect()
-            if connection is None:
-                time.sleep(timeout)
-                return False
-            for notify in connection.notifies(timeout=timeout):
-                if notify.payload in queues:
-                    return True
-                if time.monotonic() >= deadline:
-                    break
-        except Exception as exc:  # any failure of the listening connection: poll instead
-            logger.warning("Listening for notifications failed (%s); polling until it is back", exc)
-            self.on_failure()
-            self.close()
-            self._retry_at = time.monotonic() + 1.0
-        return False
-
-    def _connect(self) -> Any:
-        if self._connection is not None:
-            return self._connection
-        if self._deaf or time.monotonic() < self._retry_at:
-            return None
-        target = conf.LISTEN_DATABASE
-        if target is None or target in settings.DATABASES:
-            wrapper = connections[target or self.alias]
-            connection = wrapper.get_new_connection(wrapper.get_connection_params())
-        else:
-            import psycopg
-
-            connection = psycopg.connect(target)
-        self._connection = connection
-        connection.autocommit = True
-        connection.execute(f"LISTEN {CHANNEL}")
-        if not self._hears(connection):
-            self._deaf = True
-            self.close()
-            logger.warning(
-                "This worker's LISTEN connection gets no notifications from database %r (a "
-                "connection pooler in transaction mode, such as PgBouncer, cannot carry "
-                "them); it polls every %ss instead. Set PGQRS['LISTEN_DATABASE'] to a database "
-                "alias or URL that connects to PostgreSQL directly.",
-                self.alias,
-                conf.POLL_SECONDS,
-            )
-            return None
-        return connection
-
-    def _hears(self, connection: Any) -> bool:
-        """Send a notification through the workflows' database; whether it arrives here."""
-        probe = f"probe:{uuid.uuid4().hex}"
-        with connections[self.alias].cursor() as cursor:
-            cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, probe])
-        deadline = time.monotonic() + self.PROBE_SECONDS
-        for notify in connection.notifies(timeout=self.PROBE_SECONDS):
-            if notify.payload == probe:
-                return True
-            if time.monotonic() >= deadline:
-                break
-        return False
-
-    def close(self) -> None:
-        if self._connection is not None:
-            # Closing a broken connection may fail too; it is gone either way.
-            with contextlib.suppress(Exception):
-                self._connection.close()
-            self._connection = None

@@ -72,3 +72,18 @@ ensure_chromium() {
   fi
   return 0
 }
+
+# Install Debian's PgBouncer for the tests behind a pooler, if it is missing and we may (root).
+# Debian keeps the binary in /usr/sbin, which is not on every user's PATH.
+ensure_pgbouncer() {
+  if command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ]; then return 0; fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "Installing pgbouncer (apt) for the tests behind a connection pooler ..." >&2
+    if { apt-get install -y -q pgbouncer || { apt-get update -q && apt-get install -y -q pgbouncer; }; } \
+        > /tmp/pgqrs-apt.log 2>&1; then
+      return 0
+    fi
+    echo "Could not install pgbouncer (see /tmp/pgqrs-apt.log); the PgBouncer tests will skip." >&2
+  fi
+  return 0
+}

@@ -180,6 +180,19 @@ class PrivateCluster:
             ).fetchone()
         return int(row[0]) if row else 0
 
+    def postmaster(self) -> int:
+        """The server's main process id."""
+        return int((self.data / "postmaster.pid").read_text().split()[0])
+
+    def backends(self, dbname: str) -> set[int]:
+        """The process ids of the sessions on database ``dbname`` (this call's own aside)."""
+        with self.connect() as admin:
+            rows = admin.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                [dbname],
+            ).fetchall()
+        return {int(row[0]) for row in rows}
+
     # --- Helpers --------------------------------------------------------------------------------
 
     def _initdb(self) -> None:

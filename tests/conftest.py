@@ -150,3 +150,30 @@ def private_postgres() -> Iterator[PrivateCluster]:
         yield cluster
     finally:
         cluster.destroy()
+
+
+from tests.bouncer import PgBouncer, pgbouncer_binary  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(django_db_setup: None) -> Iterator[PgBouncer]:
+    """A PgBouncer in transaction mode in front of the suite's server, for the whole session.
+
+    Reach the test database through it by its name, on port ``pgbouncer.port``. Skipped where
+    pgbouncer is not installed (a failure in CI), and in the SQLite run. It is stopped before
+    the test database is dropped (hence ``django_db_setup``): its server connections would keep
+    the DROP from happening.
+    """
+    if os.environ.get("PGQRS_TEST_DB", "postgres") != "postgres":
+        pytest.skip("PostgreSQL only")
+    if pgbouncer_binary() is None:
+        message = "pgbouncer not found (PATH, /usr/sbin/pgbouncer); apt-get install pgbouncer"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    bouncer = PgBouncer()
+    try:
+        bouncer.start()
+        yield bouncer
+    finally:
+        bouncer.stop()

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import time
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -95,3 +99,153 @@ def test_a_step_whose_database_connection_is_cut_is_not_failed_and_the_workflow_
     assert steps == [("query_while_held", "SUCCESS", 1)]
     worker.terminate()
     assert worker.wait(timeout=20) == 0, processes.stderr_of(worker)
+
+
+@contextlib.contextmanager
+def frozen(pids: set[int]) -> Iterator[None]:
+    """Stop these server processes (SIGSTOP): their connections hang, as if no packet came back."""
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
+SLOW_BEAT = {  # the defaults' ratio: a heartbeat a third of the lease
+    "PGQRS_TEST_LEASE_SECONDS": "3",
+    "PGQRS_TEST_HEARTBEAT_SECONDS": "1",
+    "PGQRS_TEST_POLL_SECONDS": "0.1",
+}
+
+
+def test_a_heartbeat_whose_connection_hangs_is_replaced_before_the_lease_runs_out(
+    processes, database, private_postgres
+):
+    database.enqueue([("worker_three", [2], 0.0)])
+    processes.hold.touch()
+    env = {**SLOW_BEAT, **database.settings}
+    owner = processes.start("pgqrs_worker", PGQRS_TEST_HOLD=str(processes.hold), **env)
+    processes.wait_for_line(owner, "holding workflow 1")
+    time.sleep(1.5)  # the heartbeat's first renewal opens its connection
+    owners_sessions = private_postgres.backends(database.name)
+    rival = processes.start("pgqrs_worker", **env)
+    processes.wait_for_stderr(rival, "started: queues default")
+    with frozen(owners_sessions):
+        time.sleep(3 * 3)  # three leases, while every session of the owner hangs
+        assert Counter(processes.traced())["second:2"] == 1  # the rival did not take it
+    processes.hold.unlink()
+    row = wait_for_status(database, 1, "SUCCESS", timeout=30)
+    assert (row["result"], row["recovery_attempts"]) == (5, 0)
+    assert "starting a new heartbeat thread" in processes.stderr_of(owner)
+    for worker in (owner, rival):
+        worker.kill()
+
+
+def test_cuts_more_frequent_than_a_lease_do_not_keep_recovery_from_taking_a_dead_owners_workflow(
+    processes, database, private_postgres
+):
+    database.enqueue([("worker_three", [3], 0.0)])
+    processes.hold.touch()
+    env = {**SLOW_BEAT, **database.settings}
+    doomed = processes.start("pgqrs_worker", PGQRS_TEST_HOLD=str(processes.hold), **env)
+    processes.wait_for_line(doomed, "holding workflow 1")
+    rescuer = processes.start("pgqrs_worker", **env)
+    processes.wait_for_stderr(rescuer, "started: queues default")
+    doomed.kill()
+    processes.hold.unlink()
+    deadline = time.monotonic() + 3 + 6  # a lease, and room for a loaded machine
+    while workflow_row(database, 1)["recovery_attempts"] == 0:
+        assert time.monotonic() < deadline, "recovery never took the workflow"
+        private_postgres.terminate_connections(database.name)
+        time.sleep(0.5)
+    assert wait_for_status(database, 1, "SUCCESS", timeout=30)["result"] == 7
+    rescuer.kill()
+
+
+def test_a_worker_started_during_an_outage_does_not_take_live_owners_workflows(
+    processes, database, private_postgres
+):
+    database.enqueue([("worker_three", [4], 0.0)])
+    processes.hold.touch()
+    env = {**SLOW_BEAT, **database.settings}
+    owner = processes.start("pgqrs_worker", PGQRS_TEST_HOLD=str(processes.hold), **env)
+    processes.wait_for_line(owner, "holding workflow 1")
+    private_postgres.stop()
+    try:
+        newcomer = processes.start("pgqrs_worker", **env)
+        processes.wait_for_stderr(newcomer, "unreachable")
+        time.sleep(4)  # longer than a lease: the owner's has run out in the database
+    finally:
+        private_postgres.start()
+    time.sleep(3)
+    assert Counter(processes.traced())["second:4"] == 1
+    processes.hold.unlink()
+    row = wait_for_status(database, 1, "SUCCESS", timeout=30)
+    assert (row["result"], row["recovery_attempts"]) == (9, 0)
+    for worker in (owner, newcomer):
+        worker.kill()
+
+
+def test_a_burst_worker_waits_for_the_database_rather_than_leave_work_undone(
+    processes, database, private_postgres
+):
+    database.enqueue([("worker_three", [n], 0.0) for n in range(3)])
+    private_postgres.stop()
+    try:
+        worker = processes.start("pgqrs_worker", "--burst", **FAST, **database.settings)
+        time.sleep(2)
+        assert worker.poll() is None, processes.stderr_of(worker)
+    finally:
+        private_postgres.start()
+    assert worker.wait(timeout=30) == 0, processes.stderr_of(worker)
+    for n in range(3):
+        assert workflow_row(database, n + 1)["status"] == "SUCCESS"
+
+
+def test_a_second_signal_stops_a_worker_at_once_even_when_the_database_hangs(
+    processes, database, private_postgres
+):
+    database.enqueue([("worker_three", [5], 0.0)])
+    processes.hold.touch()
+    worker = processes.start(
+        "pgqrs_worker", PGQRS_TEST_HOLD=str(processes.hold), **FAST, **database.settings
+    )
+    processes.wait_for_line(worker, "holding workflow 1")
+    with frozen(private_postgres.backends(database.name) | {private_postgres.postmaster()}):
+        worker.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        worker.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        assert worker.wait(timeout=10) == 1
+        assert time.monotonic() - started < 3
+    processes.hold.unlink()
+
+
+def test_an_inline_run_stopped_by_an_outage_names_its_workflow_and_gives_it_back_on_exit(
+    processes, database, private_postgres
+):
+    processes.hold.touch()
+    code = (
+        "from django_pgqrs import StorageError\n"
+        "from tests.fault_workflows import talks_to_the_database\n"
+        "try:\n"
+        "    talks_to_the_database.run(1, False)\n"
+        "except StorageError as exc:\n"
+        "    print('stopped', exc.workflow_id, flush=True)\n"
+    )
+    script = processes.start(
+        "shell", "-c", code, PGQRS_TEST_HOLD=str(processes.hold), **database.settings
+    )
+    processes.wait_for_line(script, "querying in workflow 1")
+    private_postgres.terminate_connections(database.name)
+    time.sleep(0.5)  # the step's next query finds its connection gone
+    processes.hold.unlink()
+    assert processes.wait_for_line(script, "stopped").split() == ["stopped", "1"], (
+        processes.stderr_of(script)
+    )
+    assert script.wait(timeout=20) == 0
+    row = workflow_row(database, 1)
+    assert row["status"] == "PENDING"  # given back as the process exited, not left to expire
