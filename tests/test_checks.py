@@ -18,8 +18,8 @@ def check_ids(pgqrs: Any) -> list[str]:
         return [error.id for error in check_settings()]
 
 
-# The model checks of JSONField ask SQLite what it supports.
-@pytest.mark.django_db
+# The model checks of JSONField ask each SQLite database what it supports.
+@pytest.mark.django_db(databases=["default", "other"])
 def test_check_passes_with_the_test_settings():
     out = StringIO()
     call_command("check", stdout=out)
@@ -49,8 +49,8 @@ def test_settings_that_are_not_a_dict_are_reported():
     assert check_ids([("LEASE_SECONDS", 3)]) == ["django_pgqrs.E001"]
 
 
-# The model checks of JSONField ask SQLite what it supports.
-@pytest.mark.django_db
+# The model checks of JSONField ask each SQLite database what it supports.
+@pytest.mark.django_db(databases=["default", "other"])
 def test_an_unknown_key_is_reported_through_manage_py_check():
     with override_settings(PGQRS={"LEASE_SECONDZ": 3}), pytest.raises(SystemCheckError) as caught:
         call_command("check")
@@ -80,8 +80,8 @@ def test_a_value_that_is_not_a_positive_number_is_reported(pgqrs):
     assert check_ids(pgqrs) == ["django_pgqrs.E003"]
 
 
-# The model checks of JSONField ask SQLite what it supports.
-@pytest.mark.django_db
+# The model checks of JSONField ask each SQLite database what it supports.
+@pytest.mark.django_db(databases=["default", "other"])
 def test_a_non_positive_value_is_reported_through_manage_py_check():
     with override_settings(PGQRS={"LEASE_SECONDS": 0}), pytest.raises(SystemCheckError) as caught:
         call_command("check")
@@ -103,8 +103,8 @@ def test_a_heartbeat_not_shorter_than_the_lease_is_reported(pgqrs):
     assert check_ids(pgqrs) == ["django_pgqrs.E004"]
 
 
-# The model checks of JSONField ask SQLite what it supports.
-@pytest.mark.django_db
+# The model checks of JSONField ask each SQLite database what it supports.
+@pytest.mark.django_db(databases=["default", "other"])
 def test_a_heartbeat_not_shorter_than_the_lease_is_reported_through_manage_py_check():
     with (
         override_settings(PGQRS={"LEASE_SECONDS": 3, "HEARTBEAT_SECONDS": 3}),
