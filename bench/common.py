@@ -91,3 +91,58 @@ def inline(count: int) -> float:
     for n in range(count):
         three_steps.run(n)
     return (time.perf_counter() - start) / count
+
+
+def worker_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "django", "pgqrs_worker", *args]
+
+
+def worker_env(**extra: str) -> dict[str, str]:
+    """This process's environment, for a worker: the repository importable, ``extra`` added."""
+    return dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "testproject")]),
+        **extra,
+    )
+
+
+def latency(samples: int, **env: str) -> list[float]:
+    """Seconds from enqueue to the first step's start on one idle worker, one workflow at a
+    time, sorted. ``env``: added to the worker's environment. The worker's log is shown only if
+    the measure fails."""
+    import signal
+    import subprocess
+    import tempfile
+
+    from bench.benchapp.workflows import started_at
+
+    reset()
+    with tempfile.TemporaryFile() as log:
+        worker = subprocess.Popen(
+            worker_command("-v", "0"), env=worker_env(**env), cwd=ROOT, stderr=log
+        )
+        try:
+            # The worker is up, and has checked that notifications reach it (a check that
+            # fails takes a couple of seconds).
+            started_at.start().result(timeout=60)
+            times = []
+            for _ in range(samples):
+                enqueued = time.time()
+                began = started_at.start().result(timeout=60, poll=0.005)
+                times.append(began - enqueued)
+                time.sleep(0.01)
+            return sorted(times)
+        except BaseException:
+            log.seek(0)
+            sys.stderr.write(log.read().decode(errors="replace"))
+            raise
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(timeout=60)
+
+
+def percentiles(times: list[float]) -> str:
+    """p50 and p99 of sorted ``times``, in milliseconds."""
+    p50 = times[len(times) // 2]
+    p99 = times[min(len(times) - 1, int(len(times) * 0.99))]
+    return f"{len(times)} samples: p50 {p50 * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms"

@@ -18,74 +18,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import statistics
-import subprocess
 import sys
-import tempfile
-import time
 from decimal import Decimal
-from typing import IO
 
 import common  # sets Django up; must come first
 
 from tests.bouncer import PgBouncer, pgbouncer_binary
 
 
-def start_worker(stderr: IO[bytes], **env: str) -> subprocess.Popen[bytes]:
-    """An idle ``pgqrs_worker`` with ``env`` added to this process's environment."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "django", "pgqrs_worker", "-v", "0"],
-        env=dict(
-            os.environ,
-            PYTHONPATH=os.pathsep.join([str(common.ROOT), str(common.ROOT / "testproject")]),
-            **env,
-        ),
-        cwd=common.ROOT,
-        stderr=stderr,
-    )
-
-
-def latency(samples: int, **env: str) -> list[float]:
-    """Seconds from enqueue to the first step's start, one workflow at a time, sorted.
-
-    The worker's warnings (expected behind the pooler) are shown only if the measure fails.
-    """
-    from bench.benchapp.workflows import started_at
-
-    common.reset()
-    with tempfile.TemporaryFile() as stderr:
-        worker = start_worker(stderr, **env)
-        try:
-            # The worker is up, and has checked its LISTEN connection (a check that fails
-            # takes a couple of seconds).
-            started_at.start().result(timeout=60)
-            times = []
-            for _ in range(samples):
-                enqueued = time.time()
-                began = started_at.start().result(timeout=60, poll=0.005)
-                times.append(began - enqueued)
-                time.sleep(0.01)
-            return sorted(times)
-        except BaseException:
-            stderr.seek(0)
-            sys.stderr.write(stderr.read().decode(errors="replace"))
-            raise
-        finally:
-            worker.send_signal(signal.SIGTERM)
-            worker.wait(timeout=60)
-
-
 def transactions(bouncer: PgBouncer, dbname: str) -> Decimal:
     """How many transactions the bouncer has carried to ``dbname``."""
     rows = [row for row in bouncer.show("STATS") if row["database"] == dbname]
     return rows[0]["total_xact_count"] if rows else Decimal(0)
-
-
-def report(label: str, times: list[float]) -> str:
-    p50 = statistics.median(times)
-    p99 = times[min(len(times) - 1, int(len(times) * 0.99))]
-    return f"{label:<48} {len(times)} samples: p50 {p50 * 1e3:7.1f} ms, p99 {p99 * 1e3:7.1f} ms"
 
 
 def main() -> None:
@@ -132,11 +76,11 @@ def main() -> None:
         ]
         for label, env in runs:
             before = transactions(bouncer, db["NAME"])
-            times = latency(args.samples, **env)
+            times = common.latency(args.samples, **env)
             # A worker that reached the server some other way would measure the wrong thing.
             if env and transactions(bouncer, db["NAME"]) == before:
                 raise SystemExit(f"{label}: no transaction went through PgBouncer")
-            print(report(label, times), flush=True)
+            print(f"{label:<48} {common.percentiles(times)}", flush=True)
 
 
 if __name__ == "__main__":

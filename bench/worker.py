@@ -16,24 +16,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import statistics
 import subprocess
-import sys
 import time
 
 import common  # sets Django up; must come first
-
-
-def worker_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "django", "pgqrs_worker", *args]
-
-
-def worker_env() -> dict[str, str]:
-    return dict(
-        os.environ,
-        PYTHONPATH=os.pathsep.join([str(common.ROOT), str(common.ROOT / "testproject")]),
-    )
 
 
 def drain(workflows: int, processes: int, concurrency: int) -> tuple[float, float]:
@@ -53,8 +39,8 @@ def drain(workflows: int, processes: int, concurrency: int) -> tuple[float, floa
     start = time.perf_counter()
     workers = [
         subprocess.Popen(
-            worker_command("--burst", "-v", "0", "--concurrency", str(concurrency)),
-            env=worker_env(),
+            common.worker_command("--burst", "-v", "0", "--concurrency", str(concurrency)),
+            env=common.worker_env(),
             cwd=common.ROOT,
         )
         for _ in range(processes)
@@ -69,26 +55,6 @@ def drain(workflows: int, processes: int, concurrency: int) -> tuple[float, floa
     first = WorkflowStep.objects.aggregate(first=Min("started_at"))["first"]
     last = Workflow.objects.aggregate(last=Max("updated_at"))["last"]
     return elapsed, (last - first).total_seconds()
-
-
-def latency(samples: int) -> list[float]:
-    """Seconds from enqueue to the first step's start, one workflow at a time."""
-    from bench.benchapp.workflows import started_at
-
-    common.reset()
-    worker = subprocess.Popen(worker_command("-v", "0"), env=worker_env(), cwd=common.ROOT)
-    try:
-        started_at.start().result(timeout=30)  # the worker is up and listening
-        times = []
-        for _ in range(samples):
-            enqueued = time.time()
-            began = started_at.start().result(timeout=30, poll=0.005)
-            times.append(began - enqueued)
-            time.sleep(0.01)
-        return times
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(timeout=60)
 
 
 def main() -> None:
@@ -122,13 +88,8 @@ def main() -> None:
             f"{processes:>9} {seconds:>8.2f} {rate:>7.0f} {rate * inline:>9.2f} "
             f"{running:>8.2f} {steady:>7.0f} {steady * inline:>9.2f}"
         )
-    times = sorted(latency(args.samples))
-    p50 = statistics.median(times)
-    p99 = times[min(len(times) - 1, int(len(times) * 0.99))]
-    print(
-        f"enqueue-to-start with LISTEN/NOTIFY, {len(times)} samples: "
-        f"p50 {p50 * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms"
-    )
+    times = common.latency(args.samples)
+    print(f"enqueue-to-start with LISTEN/NOTIFY, {common.percentiles(times)}")
 
 
 if __name__ == "__main__":

@@ -59,31 +59,29 @@ ensure_postgres() {
   return 1
 }
 
-# Install Debian's Chromium for the admin's browser test, if it is missing and we may (root).
-ensure_chromium() {
-  if [ -x /usr/bin/chromium ]; then return 0; fi
+# apt_install PACKAGE WHAT: install a Debian package the tests use, when we may (root); quiet
+# unless it fails, and then the tests that need it skip (outside CI).
+apt_install() {
+  local package="$1" what="$2"
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "Installing chromium (apt) for the admin's browser test ..." >&2
-    if { apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }; } \
-        > /tmp/pgqrs-apt.log 2>&1; then
+    echo "Installing $package (apt) for $what ..." >&2
+    if { apt-get install -y -q "$package" ||
+         { apt-get update -q && apt-get install -y -q "$package"; }; } > /tmp/pgqrs-apt.log 2>&1; then
       return 0
     fi
-    echo "Could not install chromium (see /tmp/pgqrs-apt.log); the browser test will skip." >&2
+    echo "Could not install $package (see /tmp/pgqrs-apt.log); $what will skip." >&2
   fi
   return 0
 }
 
-# Install Debian's PgBouncer for the tests behind a pooler, if it is missing and we may (root).
-# Debian keeps the binary in /usr/sbin, which is not on every user's PATH.
+# Debian's Chromium, for the admin's browser test.
+ensure_chromium() {
+  [ -x /usr/bin/chromium ] || apt_install chromium "the admin's browser test"
+}
+
+# Debian's PgBouncer, for the tests behind a pooler (Debian keeps it in /usr/sbin, which is not
+# on every user's PATH).
 ensure_pgbouncer() {
-  if command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ]; then return 0; fi
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "Installing pgbouncer (apt) for the tests behind a connection pooler ..." >&2
-    if { apt-get install -y -q pgbouncer || { apt-get update -q && apt-get install -y -q pgbouncer; }; } \
-        > /tmp/pgqrs-apt.log 2>&1; then
-      return 0
-    fi
-    echo "Could not install pgbouncer (see /tmp/pgqrs-apt.log); the PgBouncer tests will skip." >&2
-  fi
-  return 0
+  command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] ||
+    apt_install pgbouncer "the tests behind a connection pooler"
 }
