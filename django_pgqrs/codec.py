@@ -70,8 +70,9 @@ def dump(value: object, what: str, max_bytes: int | None = None) -> str:
         kind = type(exc.value)
         raise PayloadError(
             f"The {what} cannot be stored: {exc.reason}{at} "
-            f"(type {kind.__module__}.{kind.__qualname__}). Return JSON values, or types that "
-            f"django-pgqrs round-trips (datetime, Decimal, UUID, tuple, dataclass, ...)."
+            f"(type {kind.__module__}.{kind.__qualname__}). Use JSON values, or types that "
+            f"django-pgqrs round-trips (datetime, Decimal, UUID, tuple, dataclass, ...); for a "
+            f"model instance, its primary key (order.pk)."
         ) from None
     text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     if max_bytes is not None and len(text) * 4 > max_bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import logging
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -17,6 +18,10 @@ from .handles import WorkflowHandle
 from .inputs import arguments, encode_input
 from .models import Workflow, WorkflowStatus
 from .store import store_for, workflows_alias
+
+logger = logging.getLogger("django_pgqrs.enqueue")
+# Workflow names already warned about (see start_workflow).
+_warned: set[str] = set()
 
 
 def create_workflow(name: str, *args: Any, **kwargs: Any) -> Workflow:
@@ -66,6 +71,16 @@ def start_workflow(
     """
     refuse_in_event_loop("start_workflow() (or fn.start())", "astart_workflow() (or fn.astart())")
     definition = registry.get_workflow(name)
+    if registry.unknown_elsewhere(name) and name not in _warned:
+        _warned.add(name)
+        logger.warning(
+            "Workflow %r (%s) was defined after Django started: %s is not the workflows module "
+            "of an installed app, nor imported by one, so worker processes do not know it and "
+            "will not run it. Define it in <app>/workflows.py of an app in INSTALLED_APPS.",
+            name,
+            f"{definition.func.__module__}.{definition.func.__qualname__}",
+            definition.func.__module__,
+        )
     arguments(definition, args, kwargs)
     if not isinstance(queue, str) or not 0 < len(queue) <= 64:
         raise ValueError(f"queue must be a name of 1 to 64 characters, not {queue!r}.")

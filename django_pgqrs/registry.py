@@ -14,6 +14,9 @@ if TYPE_CHECKING:
     from .decorators import WorkflowFunction
 
 _workflows: dict[str, WorkflowFunction[..., Any]] = {}
+# Names registered after Django started: from a module no installed app's `workflows` module
+# imports, so other processes (workers) do not know them.
+_late: set[str] = set()
 
 
 def register(definition: WorkflowFunction[..., Any]) -> None:
@@ -29,11 +32,23 @@ def register(definition: WorkflowFunction[..., Any]) -> None:
             f"{_origin(definition)}. Give one of them another name with @workflow(name=...)."
         )
     _workflows[definition.name] = definition
+    from django.apps import apps
+
+    if apps.ready:
+        _late.add(definition.name)
+    else:
+        _late.discard(definition.name)
+
+
+def unknown_elsewhere(name: str) -> bool:
+    """Whether workflow ``name`` was registered after Django started (see ``_late``)."""
+    return name in _late
 
 
 def unregister(name: str) -> None:
     """Forget a workflow name (for tests that define workflows on the fly)."""
     _workflows.pop(name, None)
+    _late.discard(name)
 
 
 def get_workflow(name: str) -> WorkflowFunction[..., Any]:

@@ -78,7 +78,8 @@ class Summary:
     def __str__(self) -> str:
         ran = self.succeeded + self.failed
         return (
-            f"{ran} workflows run ({self.succeeded} succeeded, {self.failed} failed), "
+            f"{ran} workflow{'' if ran == 1 else 's'} run ({self.succeeded} succeeded, "
+            f"{self.failed} failed), "
             f"{self.released} given back, {self.recovered} recovered from dead owners, "
             f"in {time.monotonic() - self.started:.1f}s"
         )

@@ -426,8 +426,34 @@ def test_verbosity_zero_quiets_the_worker_even_where_logging_configures_it(proce
     worker_three.start(1)
     loud = processes.run("pgqrs_worker", "--burst", PGQRS_TEST_LOGGING="1")
     assert "LOGGED INFO Worker" in loud.stderr
+    assert "stopped: 1 workflow run (1 succeeded, 0 failed)" in loud.stderr
     worker_three.start(2)
     quiet = processes.run("pgqrs_worker", "--burst", "-v", "0", PGQRS_TEST_LOGGING="1")
     assert quiet.returncode == 0, quiet.stderr
     assert quiet.stderr == ""
     assert Workflow.objects.filter(status="SUCCESS").count() == 2
+
+
+def test_starting_a_workflow_that_workers_cannot_know_warns_once(caplog):
+    from django_pgqrs import registry, step, workflow
+
+    @step
+    def shout(ctx: Workflow, word: str) -> str:
+        return word.upper()
+
+    @workflow(name="defined_in_a_shell")
+    def defined_in_a_shell(ctx: Workflow, word: str) -> str:
+        return shout(ctx, word)
+
+    try:
+        with caplog.at_level("WARNING", logger="django_pgqrs"):
+            defined_in_a_shell.start("hi")
+            defined_in_a_shell.start("ho")
+        warnings = [
+            r.getMessage() for r in caplog.records if "defined after Django" in r.getMessage()
+        ]
+        assert len(warnings) == 1
+        assert "worker processes do not know it" in warnings[0]
+        assert "tests.test_worker" in warnings[0]
+    finally:
+        registry.unregister("defined_in_a_shell")
