@@ -47,9 +47,9 @@ def reset() -> None:
     from django.core.management.color import no_style
     from django.db import connection
 
-    from django_pgqrs.models import Workflow, WorkflowStep
+    from django_pgqrs.models import Workflow, WorkflowEvent, WorkflowStep
 
-    tables = [WorkflowStep._meta.db_table, Workflow._meta.db_table]
+    tables = [m._meta.db_table for m in (WorkflowStep, WorkflowEvent, Workflow)]
     connection.ops.execute_sql_flush(connection.ops.sql_flush(no_style(), tables))
 
 

@@ -19,6 +19,9 @@ Every access reads Django's settings again, so ``override_settings`` works. Keys
     server parse and plan them on every step. Behind a connection pooler that cannot keep
     prepared statements (PgBouncer in transaction mode before 1.21) a connection falls back to
     unprepared statements by itself, with one warning; set False to say so up front.
+``SUSPEND_AFTER_SECONDS`` (2.0)
+    A sleep, or a retry's wait, longer than this suspends the workflow (SLEEPING, its lease given
+    up, no thread held) until it is due; a shorter one is waited in the process.
 ``LISTEN_DATABASE`` (None)
     Where a worker LISTENs for notifications of due workflows: None for the workflows' own
     database, or another database alias (a key of ``DATABASES``), or a ``postgres://`` URL. Behind
@@ -39,6 +42,7 @@ DEFAULTS: dict[str, Any] = {
     "MAX_RECOVERY_ATTEMPTS": 5,
     "MAX_PAYLOAD_BYTES": 10_000_000,
     "PREPARED_STATEMENTS": True,
+    "SUSPEND_AFTER_SECONDS": 2.0,
     "LISTEN_DATABASE": None,
 }
 
@@ -77,6 +81,10 @@ class Settings:
     @property
     def PREPARED_STATEMENTS(self) -> bool:
         return bool(self._get("PREPARED_STATEMENTS"))
+
+    @property
+    def SUSPEND_AFTER_SECONDS(self) -> float:
+        return float(self._get("SUSPEND_AFTER_SECONDS"))
 
     @property
     def LISTEN_DATABASE(self) -> str | None:

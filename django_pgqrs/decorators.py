@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import functools
 import inspect
+import random
 from collections.abc import Callable
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
@@ -35,11 +36,22 @@ class WorkflowFunction(Generic[P, R]):
     ``fn.run(*args)`` creates a workflow and runs it in one call.
     """
 
-    def __init__(self, func: Callable[Concatenate[Workflow, P], R], name: str) -> None:
+    def __init__(
+        self,
+        func: Callable[Concatenate[Workflow, P], R],
+        name: str,
+        timeout: float | datetime.timedelta | None = None,
+    ) -> None:
         _check_sync(func, "workflow")
+        seconds = timeout.total_seconds() if isinstance(timeout, datetime.timedelta) else timeout
+        if seconds is not None and (
+            isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0
+        ):
+            raise ValueError(f"@workflow {name}: timeout must be a positive number of seconds.")
         functools.update_wrapper(self, func)
         self.func = func
         self.name = name
+        self.timeout = timeout
         self.signature = signature_of(func)
 
     def __call__(self, ctx: Workflow, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -75,12 +87,14 @@ class WorkflowFunction(Generic[P, R]):
         queue: str = "default",
         priority: int = 0,
         run_at: datetime.datetime | datetime.timedelta | None = None,
+        timeout: float | datetime.timedelta | None = None,
         **kwargs: Any,
     ) -> WorkflowHandle:
         """Save a workflow for a worker to run; see ``django_pgqrs.start_workflow``.
 
-        ``idempotency_key``, ``queue``, ``priority`` and ``run_at`` are options of the start,
-        not arguments of the workflow.
+        ``idempotency_key``, ``queue``, ``priority``, ``run_at`` and ``timeout`` are options of
+        the start, not arguments of the workflow. Called in a workflow's function, it starts a
+        child workflow, once (a replay returns the same handle).
         """
         return enqueue.start_workflow(
             self.name,
@@ -89,6 +103,7 @@ class WorkflowFunction(Generic[P, R]):
             queue=queue,
             priority=priority,
             run_at=run_at,
+            timeout=timeout,
             **kwargs,
         )
 
@@ -99,6 +114,7 @@ class WorkflowFunction(Generic[P, R]):
         queue: str = "default",
         priority: int = 0,
         run_at: datetime.datetime | datetime.timedelta | None = None,
+        timeout: float | datetime.timedelta | None = None,
         **kwargs: Any,
     ) -> WorkflowHandle:
         """``fn.start(...)`` for async code."""
@@ -109,6 +125,7 @@ class WorkflowFunction(Generic[P, R]):
             queue=queue,
             priority=priority,
             run_at=run_at,
+            timeout=timeout,
             **kwargs,
         )
 
@@ -127,10 +144,16 @@ class StepFunction(Generic[P, R]):
         backoff: float,
         retry_on: tuple[type[BaseException], ...],
         atomic: bool,
+        max_delay: float | None = None,
+        jitter: float = 0.0,
     ) -> None:
         _check_sync(func, "step")
         if retries < 0 or backoff < 0:
             raise ValueError(f"@step {name}: retries and backoff must not be negative.")
+        if max_delay is not None and max_delay < 0:
+            raise ValueError(f"@step {name}: max_delay must not be negative.")
+        if not 0 <= jitter <= 1:
+            raise ValueError(f"@step {name}: jitter is a fraction of the delay, from 0 to 1.")
         functools.update_wrapper(self, func)
         self.signature = signature_of(func)
         self.context_name = next(iter(self.signature.parameters))
@@ -140,6 +163,18 @@ class StepFunction(Generic[P, R]):
         self.backoff = backoff
         self.retry_on = retry_on
         self.atomic = atomic
+        self.max_delay = max_delay
+        self.jitter = jitter
+
+    def delay(self, tries: int) -> float:
+        """Seconds to wait before the retry that follows try number ``tries`` (1 for the first
+        try): ``backoff`` doubled each time, at most ``max_delay``, give or take ``jitter``."""
+        delay = float(self.backoff * 2 ** (tries - 1))
+        if self.max_delay is not None:
+            delay = min(delay, self.max_delay)
+        if self.jitter:
+            delay *= 1 + self.jitter * (2 * random.random() - 1)
+        return delay
 
     def __call__(self, ctx: Workflow, *args: P.args, **kwargs: P.kwargs) -> R:
         """Return the saved result of this call, or run the step and save its result."""
@@ -155,21 +190,27 @@ def workflow(func: Callable[Concatenate[Workflow, P], R], /) -> WorkflowFunction
 
 @overload
 def workflow(
-    *, name: str | None = None
+    *, name: str | None = None, timeout: float | datetime.timedelta | None = None
 ) -> Callable[[Callable[Concatenate[Workflow, P], R]], WorkflowFunction[P, R]]: ...
 
 
 def workflow(
-    func: Callable[Concatenate[Workflow, P], R] | None = None, /, *, name: str | None = None
+    func: Callable[Concatenate[Workflow, P], R] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    timeout: float | datetime.timedelta | None = None,
 ) -> Any:
     """Make a function a durable workflow, registered under ``name`` (default: its name).
 
     The function takes the workflow context first; its other arguments and its result must be
     storable as JSON (see ``django_pgqrs.codec``). Use bare (``@workflow``) or with options.
+    ``timeout`` (seconds, or a timedelta, counted from when a workflow is saved): past it, the
+    workflow ends as ERROR (``WorkflowTimedOut``) at its next step, sleep or wait.
     """
 
     def decorate(func: Callable[Concatenate[Workflow, P], R]) -> WorkflowFunction[P, R]:
-        definition = WorkflowFunction(func, name or func.__name__)
+        definition = WorkflowFunction(func, name or func.__name__, timeout)
         registry.register(definition)
         return definition
 
@@ -186,6 +227,8 @@ def step(
     name: str | None = None,
     retries: int = 0,
     backoff: float = 1.0,
+    max_delay: float | None = None,
+    jitter: float = 0.0,
     retry_on: tuple[type[BaseException], ...] = (Exception,),
     atomic: bool = False,
 ) -> Callable[[Callable[Concatenate[Workflow, P], R]], StepFunction[P, R]]: ...
@@ -198,18 +241,24 @@ def step(
     name: str | None = None,
     retries: int = 0,
     backoff: float = 1.0,
+    max_delay: float | None = None,
+    jitter: float = 0.0,
     retry_on: tuple[type[BaseException], ...] = (Exception,),
     atomic: bool = False,
 ) -> Any:
     """Make a function a step: its result is saved, and a resumed workflow gets it back.
 
     ``name``: the checkpoint key (default: the function's name). ``retries``: how many more times
-    to run the body after it raises one of ``retry_on``, waiting ``backoff`` seconds, then twice
-    that, and so on. ``atomic``: run the body and save its checkpoint in one database
-    transaction, so its ORM writes happen exactly once.
+    to run the body after it raises one of ``retry_on`` (never after ``NonRetryable``), waiting
+    ``backoff`` seconds, then twice that, and so on, at most ``max_delay``, give or take
+    ``jitter`` (a fraction of the wait). A wait longer than ``PGQRS['SUSPEND_AFTER_SECONDS']``
+    suspends the workflow until the next attempt. ``atomic``: run the body and save its
+    checkpoint in one database transaction, so its ORM writes happen exactly once.
     """
 
     def decorate(func: Callable[Concatenate[Workflow, P], R]) -> StepFunction[P, R]:
-        return StepFunction(func, name or func.__name__, retries, backoff, retry_on, atomic)
+        return StepFunction(
+            func, name or func.__name__, retries, backoff, retry_on, atomic, max_delay, jitter
+        )
 
     return decorate if func is None else decorate(func)

@@ -5,19 +5,22 @@ from __future__ import annotations
 import datetime
 import functools
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
 from django.utils import timezone
 
-from . import codec, registry
+from . import clock, codec, registry
 from .async_support import refuse_in_event_loop
 from .conf import conf
 from .exceptions import WorkflowMismatch
 from .handles import WorkflowHandle
 from .inputs import arguments, encode_input
 from .models import Workflow, WorkflowStatus
-from .store import store_for, workflows_alias
+from .store import Store, store_for, workflows_alias
+
+if TYPE_CHECKING:
+    from .decorators import WorkflowFunction
 
 logger = logging.getLogger("django_pgqrs.enqueue")
 # Workflow names already warned about (see start_workflow).
@@ -37,7 +40,10 @@ def create_workflow(name: str, *args: Any, **kwargs: Any) -> Workflow:
     text = encode_input(name, args, kwargs)
     store = store_for(workflows_alias())
     lease = conf.LEASE_SECONDS
-    inserted = store.insert(name=name, input_text=text, lease=lease, delay=lease)
+    deadline = deadline_for(definition, None)
+    inserted = store.insert(
+        name=name, input_text=text, lease=lease, delay=lease, deadline_at=deadline
+    )
     assert inserted is not None  # no idempotency key, no conflict
     workflow_id, created_at, run_at = inserted
     return Workflow.saved(
@@ -49,6 +55,7 @@ def create_workflow(name: str, *args: Any, **kwargs: Any) -> Workflow:
         created_at=created_at,
         updated_at=created_at,
         run_at=run_at,
+        deadline_at=deadline,
     )
 
 
@@ -59,6 +66,7 @@ def start_workflow(
     queue: str = "default",
     priority: int = 0,
     run_at: datetime.datetime | datetime.timedelta | None = None,
+    timeout: float | datetime.timedelta | None = None,
     **kwargs: Any,
 ) -> WorkflowHandle:
     """Save a PENDING workflow for a worker to run, and return a handle on it.
@@ -66,10 +74,22 @@ def start_workflow(
     Inside ``transaction.atomic()`` the workflow is saved (and workers hear of it) only if the
     transaction commits. A repeated ``idempotency_key`` returns the handle of the workflow saved
     with it, saving nothing. Higher ``priority`` runs first; ``run_at`` (a datetime, or a delay
-    as a timedelta) defers the start. Raise ``UnknownWorkflow``, ``TypeError`` for arguments that
-    do not fit, ``WorkflowMismatch`` if the key belongs to a workflow of another name.
+    as a timedelta) defers the start; ``timeout`` (seconds, or a timedelta, from now) overrides
+    the workflow's own. Called in a workflow's function, it starts a child workflow of it (see
+    ``ctx.start_child``). Raise ``UnknownWorkflow``, ``TypeError`` for arguments that do not
+    fit, ``WorkflowMismatch`` if the key belongs to a workflow of another name.
     """
     refuse_in_event_loop("start_workflow() (or fn.start())", "astart_workflow() (or fn.astart())")
+    from . import primitives
+    from .replay import running_here
+
+    parent = running_here()
+    if parent is not None:
+        if run_at is not None:
+            raise ValueError("A child workflow starts at once: run_at is for top-level starts.")
+        return primitives.start_in(
+            parent, name, args, kwargs, idempotency_key, queue, priority, timeout
+        )
     definition = registry.get_workflow(name)
     if registry.unknown_elsewhere(name) and name not in _warned:
         _warned.add(name)
@@ -81,6 +101,37 @@ def start_workflow(
             f"{definition.func.__module__}.{definition.func.__qualname__}",
             definition.func.__module__,
         )
+    store = store_for(workflows_alias())
+    workflow_id = insert_workflow(
+        store,
+        definition,
+        args,
+        kwargs,
+        idempotency_key=idempotency_key,
+        queue=queue,
+        priority=priority,
+        run_at=run_at,
+        deadline_at=deadline_for(definition, timeout),
+    )
+    return WorkflowHandle(workflow_id, store.alias)
+
+
+def insert_workflow(
+    store: Store,
+    definition: WorkflowFunction[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    idempotency_key: str | None,
+    queue: str,
+    priority: int,
+    run_at: datetime.datetime | datetime.timedelta | None,
+    deadline_at: datetime.datetime | None,
+    parent_id: int | None = None,
+) -> int:
+    """Save a PENDING workflow for workers (they hear of it when the transaction commits);
+    return its id, or that of the workflow already saved with ``idempotency_key``."""
+    name = definition.name
     arguments(definition, args, kwargs)
     if not isinstance(queue, str) or not 0 < len(queue) <= 64:
         raise ValueError(f"queue must be a name of 1 to 64 characters, not {queue!r}.")
@@ -98,7 +149,6 @@ def start_workflow(
     elif run_at is not None:
         raise TypeError(f"run_at must be a datetime or a timedelta, not {type(run_at).__name__}.")
     text = encode_input(name, args, kwargs)
-    store = store_for(workflows_alias())
     inserted = store.insert(
         name=name,
         input_text=text,
@@ -108,18 +158,33 @@ def start_workflow(
         queue=queue,
         priority=priority,
         idempotency_key=idempotency_key,
+        parent_id=parent_id,
+        deadline_at=deadline_at,
         # Workers hear of a workflow due now; one due later is found by their poll.
         notify=delay <= 0 and (due is None or due <= timezone.now()),
     )
     if inserted is not None:
-        return WorkflowHandle(inserted[0], store.alias)
+        return inserted[0]
     existing = Workflow.objects.using(store.alias).get(idempotency_key=idempotency_key)
     if existing.name != name:
         raise WorkflowMismatch(
             f"The idempotency key {idempotency_key!r} belongs to workflow {existing.id}, a "
             f"{existing.name!r} workflow, not {name!r}."
         )
-    return WorkflowHandle(existing.id, store.alias)
+    return existing.id
+
+
+def deadline_for(
+    definition: WorkflowFunction[..., Any], timeout: float | datetime.timedelta | None
+) -> datetime.datetime | None:
+    """The deadline of a workflow started now: ``timeout``, or the workflow's own, from now."""
+    chosen = definition.timeout if timeout is None else timeout
+    if chosen is None:
+        return None
+    seconds = chosen.total_seconds() if isinstance(chosen, datetime.timedelta) else chosen
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0:
+        raise ValueError(f"timeout must be a positive number of seconds, not {chosen!r}.")
+    return clock.now() + datetime.timedelta(seconds=seconds)
 
 
 async def acreate_workflow(name: str, *args: Any, **kwargs: Any) -> Workflow:
@@ -134,6 +199,7 @@ async def astart_workflow(
     queue: str = "default",
     priority: int = 0,
     run_at: datetime.datetime | datetime.timedelta | None = None,
+    timeout: float | datetime.timedelta | None = None,
     **kwargs: Any,
 ) -> WorkflowHandle:
     """``start_workflow`` for async code."""
@@ -145,6 +211,7 @@ async def astart_workflow(
         queue=queue,
         priority=priority,
         run_at=run_at,
+        timeout=timeout,
         **kwargs,
     )
     return await sync_to_async(start)()

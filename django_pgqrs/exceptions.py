@@ -62,7 +62,10 @@ class WorkflowCancelled(PgqrsError):
 
     def __init__(self, workflow_id: object) -> None:
         self.workflow_id = workflow_id
-        super().__init__(f"Workflow {workflow_id} was cancelled; it will not run again.")
+        super().__init__(
+            f"Workflow {workflow_id} was cancelled; it will not run again (resume it with "
+            f"force=True, or `manage.py pgqrs_resume {workflow_id} --force`, to run it anyway)."
+        )
 
 
 class LeaseLost(PgqrsError):
@@ -209,3 +212,53 @@ class SimulatedCrash(BaseException):
         self.release = release
         where = "after its body ran" if after_body else "before its body ran"
         super().__init__(f"Simulated crash in step {step!r}, {where}.")
+
+
+class WorkflowSuspended(PgqrsError):
+    """A run stopped because its workflow waits: a sleep, an event or a child.
+
+    The workflow is SLEEPING and keeps every checkpoint; a worker resumes it when it is due
+    (``wake_at``, or sooner when what it waits for comes), as can ``resume(id)``.
+    """
+
+    def __init__(self, workflow_id: object, wake_at: object, reason: str) -> None:
+        self.workflow_id = workflow_id
+        self.wake_at = wake_at
+        self.reason = reason
+        when = "until it is woken" if wake_at is None else f"until {wake_at}"
+        super().__init__(
+            f"Workflow {workflow_id} is waiting ({reason}) {when}; it keeps its checkpoints. A "
+            f"worker (manage.py pgqrs_worker) resumes it then, or resume({workflow_id}) does."
+        )
+
+
+class WorkflowTimedOut(PgqrsError):
+    """A workflow went past its deadline (``@workflow(timeout=...)``, ``start(timeout=...)``).
+
+    Raised at its next step, sleep or wait; the workflow is saved as ERROR with it.
+    """
+
+    def __init__(self, workflow_id: object, deadline: object, where: str) -> None:
+        self.workflow_id = workflow_id
+        self.deadline = deadline
+        super().__init__(
+            f"Workflow {workflow_id} passed its deadline ({deadline}) before {where}; it is "
+            f"stopped there. A step already running was not interrupted."
+        )
+
+
+class NonRetryable(PgqrsError):
+    """Raise it (or a subclass) from a step to fail the step at once, whatever its retries.
+
+    A ``PgqrsError``, so ``except PgqrsError`` sees it; subclass it for your own errors that no
+    retry can mend (a card declined, an order that does not exist).
+    """
+
+
+class WorkflowFinished(PgqrsError):
+    """An event was sent to a workflow that has already finished (SUCCESS, ERROR, CANCELLED)."""
+
+
+class WorkflowUsageError(PgqrsError, RuntimeError):
+    """A durable call (``ctx.sleep``, ``ctx.wait_for_event``, a child) made where it cannot be
+    durable, or with arguments it cannot take."""

@@ -53,9 +53,11 @@ def error_info(exc: BaseException, step_id: str | None = None) -> dict[str, Any]
     return info
 
 
-def error_text(exc: BaseException, step_id: str | None = None) -> str:
-    """``error_info`` as JSON text, ready for the database."""
-    return json.dumps(error_info(exc, step_id), ensure_ascii=False)
+def error_text(
+    exc: BaseException, step_id: str | None = None, extra: dict[str, Any] | None = None
+) -> str:
+    """``error_info`` (with ``extra`` keys) as JSON text, ready for the database."""
+    return json.dumps({**error_info(exc, step_id), **(extra or {})}, ensure_ascii=False)
 
 
 def rebuild(error: dict[str, Any], step_id: str) -> BaseException:

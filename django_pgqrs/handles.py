@@ -11,6 +11,7 @@ from asgiref.sync import sync_to_async
 from .async_support import refuse_in_event_loop
 from .exceptions import WorkflowCancelled, WorkflowFailed, WorkflowNotFound, WorkflowTimeout
 from .models import Workflow, WorkflowStatus
+from .replay import running_here
 
 FINISHED = (WorkflowStatus.SUCCESS, WorkflowStatus.ERROR, WorkflowStatus.CANCELLED)
 
@@ -51,6 +52,13 @@ class WorkflowHandle:
         refuse_in_event_loop("handle.status()", "handle.astatus()")
         return str(self._fields("status")[0])
 
+    def cancel(self) -> bool:
+        """Cancel the workflow (and its unfinished children); False if it had finished. See
+        ``cancel_workflow``."""
+        from .operations import cancel_workflow
+
+        return cancel_workflow(self.id)
+
     async def astatus(self) -> str:
         """``status()`` for async code."""
         return await sync_to_async(self.status)()
@@ -68,8 +76,16 @@ class WorkflowHandle:
         Raise ``WorkflowFailed`` (with the saved ``error``) if it ended in ERROR,
         ``WorkflowCancelled`` if it was cancelled, and ``WorkflowTimeout`` if it has not finished
         after ``timeout`` seconds (None: wait for ever). Polls the database, at first every
-        ``poll`` seconds, backing off to one second.
+        ``poll`` seconds, backing off to one second. Called in a workflow's function, it waits
+        durably instead: the workflow suspends until this one ends (``timeout`` is not used
+        there: the waiting workflow's own timeout is).
         """
+        run = running_here()
+        if run is not None:
+            # In a workflow's function: a durable wait (the workflow suspends until it ends).
+            from .primitives import wait_all
+
+            return wait_all(run, [self])[0]
         refuse_in_event_loop("handle.result()", "handle.aresult()")
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = poll

@@ -6,6 +6,7 @@ them verbatim), so they are spelled out rather than left to Django's defaults.
 
 from __future__ import annotations
 
+import datetime
 from typing import TYPE_CHECKING, Any
 
 from django.db import models
@@ -15,6 +16,7 @@ from django.utils import timezone
 from .codec import PayloadDecoder, PayloadEncoder
 
 if TYPE_CHECKING:
+    from .handles import WorkflowHandle
     from .replay import Run
 
 
@@ -89,6 +91,18 @@ class Workflow(models.Model):
         related_name="children",
         db_index=False,  # indexed below, only where set
     )
+    # Past this, the workflow ends as ERROR at its next step, sleep or wait (see timeouts).
+    deadline_at = models.DateTimeField(null=True, blank=True)
+    # The workflow this one was forked from (fork_workflow): it kept that one's checkpoints
+    # before a step, and ran the rest.
+    forked_from = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="forks",
+        db_index=False,
+    )
 
     objects = WorkflowQuerySet.as_manager()
 
@@ -129,6 +143,40 @@ class Workflow(models.Model):
     def __str__(self) -> str:
         return f"{self.name} #{self.id} ({self.status})"
 
+    # --- Durable primitives: call them from the workflow function (see ``primitives``) ---------
+
+    def sleep(self, seconds: float | datetime.timedelta) -> None:
+        """Sleep durably: a replay never sleeps twice; a long sleep frees the worker."""
+        from .primitives import sleep
+
+        sleep(self, seconds)
+
+    def sleep_until(self, when: datetime.datetime) -> None:
+        """Sleep durably until ``when``, an aware datetime."""
+        from .primitives import sleep_until
+
+        sleep_until(self, when)
+
+    def wait_for_event(self, name: str, timeout: float | None = None) -> Any:
+        """Wait durably for event ``name`` (``send_event``); return its payload, or None after
+        ``timeout`` seconds."""
+        from .primitives import wait_for_event
+
+        return wait_for_event(self, name, timeout)
+
+    def start_child(self, workflow: Any, *args: Any, **kwargs: Any) -> WorkflowHandle:
+        """Start a child workflow (a workflow function or its name), once; also
+        ``fn.start(...)`` in a workflow. ``handle.result()`` on it then waits durably."""
+        from .primitives import start_child
+
+        return start_child(self, workflow, *args, **kwargs)
+
+    def wait_all(self, handles: Any, return_exceptions: bool = False) -> list[Any]:
+        """Wait durably for every workflow of ``handles``; return their results in order."""
+        from .primitives import wait_all
+
+        return wait_all(self, handles, return_exceptions)
+
     @classmethod
     def saved(cls, using: str, **fields: Any) -> Workflow:
         """Return an instance of a row the engine has just written, without reading it back."""
@@ -136,6 +184,39 @@ class Workflow(models.Model):
         workflow._state.adding = False
         workflow._state.db = using
         return workflow
+
+
+class WorkflowEvent(models.Model):
+    """An event sent to a workflow (``send_event``), kept until the workflow receives it.
+
+    ``ctx.wait_for_event(name)`` receives the oldest event of that name not yet received, and
+    marks it with the step that received it: each event is received once.
+    """
+
+    workflow = models.ForeignKey(
+        Workflow, on_delete=models.CASCADE, related_name="events", db_column="workflow_id"
+    )
+    name = models.CharField(max_length=255)
+    payload = _payload(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    received_at = models.DateTimeField(null=True, blank=True)
+    # The checkpoint key of the wait that received it.
+    received_by = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
+
+    class Meta:
+        db_table = "pgqrs_workflow_events"
+        ordering = ["workflow", "id"]
+        indexes = [
+            # A wait looks for the oldest event of its name not yet received.
+            models.Index(
+                fields=["workflow", "name", "id"],
+                name="pgqrs_event_pending_idx",
+                condition=Q(received_at__isnull=True),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} -> workflow {self.workflow_id}"
 
 
 class WorkflowStep(models.Model):

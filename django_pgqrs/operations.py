@@ -1,4 +1,4 @@
-"""Operations on saved workflows, for the admin and for code: queue again, cancel."""
+"""Operations on saved workflows, for code, commands and the admin: queue again, cancel, fork."""
 
 from __future__ import annotations
 
@@ -7,8 +7,13 @@ from collections.abc import Iterable
 from django.db import transaction
 from django.utils import timezone
 
-from .models import Workflow, WorkflowStatus
+from .conf import conf
+from .exceptions import WorkflowNotFound
+from .handles import WorkflowHandle
+from .models import Workflow, WorkflowStatus, WorkflowStep
 from .store import store_for, workflows_alias
+
+UNFINISHED = [WorkflowStatus.PENDING, WorkflowStatus.RUNNING, WorkflowStatus.SLEEPING]
 
 
 def requeue(workflow_ids: Iterable[int]) -> list[int]:
@@ -36,25 +41,97 @@ def requeue(workflow_ids: Iterable[int]) -> list[int]:
 
 
 def cancel(workflow_ids: Iterable[int]) -> list[int]:
-    """Cancel workflows that have not succeeded; return their ids.
+    """Cancel workflows that have not finished, and their unfinished descendants; return the
+    ids cancelled.
 
-    A cancelled workflow never runs again. A process running one stops at its next checkpoint
-    (its lease is taken away), raising ``WorkflowCancelled``.
+    A cancelled workflow never runs again (unless resumed with ``force``). A process running one
+    stops at its next step, raising ``WorkflowCancelled``; a sleeping or waiting one stops at
+    once. A parent waiting for a cancelled child is woken (its wait raises
+    ``WorkflowCancelled``). An ERROR workflow may be cancelled too: it is not resumed then.
     """
     alias = workflows_alias()
+    cancelled: list[int] = []
     with transaction.atomic(using=alias):
-        ids = list(
-            Workflow.objects.using(alias)
-            .select_for_update()
-            .filter(pk__in=list(workflow_ids))
-            .exclude(status__in=[WorkflowStatus.SUCCESS, WorkflowStatus.CANCELLED])
-            .values_list("pk", flat=True)
+        layer = list(workflow_ids)
+        while layer:
+            ids = list(
+                Workflow.objects.using(alias)
+                .select_for_update()
+                .filter(pk__in=layer)
+                .exclude(pk__in=cancelled)
+                .exclude(status__in=[WorkflowStatus.SUCCESS, WorkflowStatus.CANCELLED])
+                .values_list("pk", flat=True)
+            )
+            Workflow.objects.using(alias).filter(pk__in=ids).update(
+                status=WorkflowStatus.CANCELLED,
+                updated_at=timezone.now(),
+                lease_owner=None,
+                lease_token=None,
+                lease_expires_at=None,
+            )
+            cancelled += ids
+            layer = list(
+                Workflow.objects.using(alias)
+                .filter(parent_id__in=ids, status__in=UNFINISHED)
+                .values_list("pk", flat=True)
+            )
+        wake_parents(alias, cancelled)
+    return cancelled
+
+
+def cancel_workflow(workflow_id: int) -> bool:
+    """Cancel one workflow and its unfinished children; False if it had already finished
+    (succeeded or been cancelled). Raise ``WorkflowNotFound`` for an unknown id."""
+    if not Workflow.objects.using(workflows_alias()).filter(pk=workflow_id).exists():
+        raise WorkflowNotFound(workflow_id)
+    return workflow_id in cancel([workflow_id])
+
+
+def wake_parents(alias: str, children: list[int]) -> None:
+    """Wake the suspended parents of these workflows: what they wait for has ended."""
+    parents = list(
+        Workflow.objects.using(alias)
+        .filter(children__in=children, status=WorkflowStatus.SLEEPING)
+        .values_list("pk", "queue")
+        .distinct()
+    )
+    if parents:
+        Workflow.objects.using(alias).filter(pk__in=[pk for pk, _ in parents]).update(
+            run_at=timezone.now()
         )
-        Workflow.objects.using(alias).filter(pk__in=ids).update(
-            status=WorkflowStatus.CANCELLED,
-            updated_at=timezone.now(),
-            lease_owner=None,
-            lease_token=None,
-            lease_expires_at=None,
+        store_for(alias).notify({queue for _, queue in parents})
+
+
+def fork_workflow(
+    workflow_id: int, from_step: str | None = None, *, run_here: bool = False
+) -> WorkflowHandle:
+    """Start a new workflow from ``workflow_id``'s checkpoints before step ``from_step``.
+
+    The new workflow (``forked_from`` the original) has the same name, input and queue, keeps
+    the original's checkpoints saved before that step, and runs the rest with the current code,
+    on a worker: "we fixed the bug, run it again from where it failed". ``from_step`` is a
+    checkpoint key (``charge``, ``fetch#2``); by default, the step the original failed on. The
+    original is left as it was. ``run_here``: the caller runs the fork (``resume``), so
+    workers leave it alone for one lease length, as after ``create_workflow``. Raise
+    ``WorkflowNotFound``, or ``ValueError`` for a step it did not save.
+    """
+    alias = workflows_alias()
+    row = Workflow.objects.using(alias).filter(pk=workflow_id).values("error").first()
+    if row is None:
+        raise WorkflowNotFound(workflow_id)
+    step = from_step or (row["error"] or {}).get("step")
+    if not step:
+        raise ValueError(
+            f"Workflow {workflow_id} did not fail on a step: name the step to fork from."
         )
-    return ids
+    steps = WorkflowStep.objects.using(alias).filter(workflow_id=workflow_id)
+    position = steps.filter(step_id=step).values_list("position", flat=True).first()
+    if position is None:
+        saved = ", ".join(steps.order_by("position").values_list("step_id", flat=True))
+        raise ValueError(
+            f"Workflow {workflow_id} has no saved step {step!r} to fork from (saved: "
+            f"{saved or 'none'})."
+        )
+    delay = conf.LEASE_SECONDS if run_here else 0.0
+    fork, _ = store_for(alias).fork(workflow_id, position, delay)
+    return WorkflowHandle(fork, alias)

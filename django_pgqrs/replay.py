@@ -19,7 +19,9 @@ is checked against it before its saved result (or saved error) is handed back:
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
+import datetime
 import os
 import threading
 from dataclasses import dataclass, field
@@ -42,6 +44,9 @@ class Run:
     store: Store
     lease: Lease
     saved: dict[str, SavedStep]
+    # The parent workflow, woken when this one ends; the time past which it fails (timeout).
+    parent_id: int | None = None
+    deadline: datetime.datetime | None = None
     thread: int = field(default_factory=threading.get_ident)
     pid: int = field(default_factory=os.getpid)
     # Inside a test case's transaction, step bodies run in savepoints (see runtime).
@@ -63,10 +68,12 @@ class Run:
 
     def __post_init__(self) -> None:
         self._order = sorted(self.saved, key=lambda key: self.saved[key].position)
+        # A step waiting for its next attempt (a long retry backoff) runs again too.
         self.rerun = frozenset(
             key
             for key, step in self.saved.items()
-            if step.status == StepStatus.ERROR and (step.error or {}).get("failed_workflow")
+            if step.status == StepStatus.ERROR
+            and ((step.error or {}).get("failed_workflow") or (step.error or {}).get("retry_at"))
         )
 
     def next_step_id(self, name: str) -> str:
@@ -130,3 +137,22 @@ class Run:
             self.workflow.status = WorkflowStatus.CANCELLED
             return WorkflowCancelled(self.workflow.id)
         return LeaseLost(self.workflow.id)
+
+
+# The run of the workflow whose function is executing in this thread (and context), if any.
+current: contextvars.ContextVar[Run | None] = contextvars.ContextVar("pgqrs_run", default=None)
+
+
+def running_here() -> Run | None:
+    """The run whose workflow function is executing here, outside any step's body; else None."""
+    run = current.get()
+    if run is None or run.step is not None or run.thread != threading.get_ident():
+        return None
+    return run
+
+
+def current_workflow() -> Workflow | None:
+    """The workflow whose function is running in this thread (its context, ``ctx``), from
+    anywhere in it (a step's body, code it calls); None elsewhere."""
+    run = current.get()
+    return run.workflow if run is not None and run.thread == threading.get_ident() else None

@@ -26,6 +26,7 @@ from django.db import connections
 from . import codec, registry
 from .async_support import refuse_in_event_loop
 from .conf import conf
+from .enqueue import deadline_for
 from .exceptions import (
     LeaseLost,
     PayloadError,
@@ -37,12 +38,14 @@ from .exceptions import (
     WorkflowInTransaction,
     WorkflowMismatch,
     WorkflowNotFound,
+    WorkflowSuspended,
 )
 from .failures import error_info, error_text
 from .inputs import arguments, check_input, encode_input, saved_call
 from .lease import Lease, heartbeat, owner_name, process_owner
 from .models import Workflow, WorkflowStatus
-from .replay import Run
+from .primitives import FOREVER, Suspend
+from .replay import Run, current
 from .steps import interruption
 from .store import Claimed, Store, store_for, workflows_alias
 
@@ -115,7 +118,15 @@ def run_workflow(
     workflow.status = WorkflowStatus.RUNNING
     workflow.attempts = claimed.attempts
     workflow.recovery_attempts = claimed.recovery_attempts
-    run = Run(workflow, store, lease, claimed.steps, savepoints=savepoints)
+    run = Run(
+        workflow,
+        store,
+        lease,
+        claimed.steps,
+        parent_id=claimed.parent_id,
+        deadline=claimed.deadline_at,
+        savepoints=savepoints,
+    )
     return _execute(definition, run, saved_args, saved_kwargs)
 
 
@@ -128,6 +139,7 @@ def start_and_run(
     store = store_for(workflows_alias())
     savepoints = refuse_in_transaction(store.alias, f"{definition.name}.run(...)", definition.name)
     lease = Lease(store.alias, 0)
+    deadline = deadline_for(definition, None)
     sent = time.monotonic()
     try:
         inserted = store.insert(
@@ -136,6 +148,7 @@ def start_and_run(
             lease=conf.LEASE_SECONDS,
             owner=owner_name(),
             token=lease.token,
+            deadline_at=deadline,
         )
     except StorageError:
         heartbeat.leave(lease)  # the row may have been saved, under this lease
@@ -155,8 +168,9 @@ def start_and_run(
         updated_at=created_at,
         run_at=run_at,
         attempts=1,
+        deadline_at=deadline,
     )
-    run = Run(workflow, store, lease, {}, savepoints=savepoints)
+    run = Run(workflow, store, lease, {}, deadline=deadline, savepoints=savepoints)
     return _execute(definition, run, call["args"], call["kwargs"])
 
 
@@ -195,7 +209,15 @@ def run_claimed(claimed: Claimed, store: Store, lease: Lease, savepoints: bool =
         workflow.error = error_info(exc)
         store.end(workflow.id, lease.token, WorkflowStatus.ERROR, error=error_text(exc))
         raise exc from None
-    run = Run(workflow, store, lease, claimed.steps, savepoints=savepoints)
+    run = Run(
+        workflow,
+        store,
+        lease,
+        claimed.steps,
+        parent_id=claimed.parent_id,
+        deadline=claimed.deadline_at,
+        savepoints=savepoints,
+    )
     return _execute(definition, run, args, kwargs)
 
 
@@ -270,6 +292,7 @@ def _execute(
     workflow, lease = run.workflow, run.lease
     workflow._run = run
     _running[workflow.id] = run
+    running = current.set(run)
     if not run.savepoints:
         # Inside a test case's transaction no other connection can see the row, so none can
         # take it over, and the heartbeat's connection could not renew it either.
@@ -280,6 +303,10 @@ def _execute(
             text = codec.dump(
                 value, f"result of workflow {definition.name!r}", conf.MAX_PAYLOAD_BYTES
             )
+        except Suspend as suspend:
+            _suspend(run, suspend)
+            wake = None if suspend.wake == FOREVER else suspend.wake
+            raise WorkflowSuspended(workflow.id, wake, suspend.reason) from None
         except StorageError as exc:
             # Not the workflow's failure: it keeps its last checkpoint; the lease is given back
             # once the database answers, or taken back by the next run here.
@@ -314,9 +341,29 @@ def _execute(
         workflow.error = None
         return workflow.result
     finally:
+        current.reset(running)
         heartbeat.drop(lease)
         _running.pop(workflow.id, None)
         workflow._run = None
+
+
+def _suspend(run: Run, suspend: Suspend) -> None:
+    """Leave the workflow SLEEPING until its wait ends (or it is woken), its lease given up."""
+    try:
+        suspended = run.store.suspend(
+            run.workflow.id,
+            run.lease.token,
+            suspend.wake,
+            event=suspend.event,
+            children=suspend.children,
+        )
+    except StorageError as exc:
+        heartbeat.leave(run.lease)
+        _name_workflow(exc, run.workflow.id)
+        raise
+    if not suspended:
+        raise run.lost_error()
+    run.workflow.status = WorkflowStatus.SLEEPING
 
 
 def _fail(run: Run, exc: BaseException) -> None:
@@ -338,7 +385,9 @@ def _end(
     """Write the run's end; raise ``StorageError`` (lease left for the heartbeat to give back)
     or the fence's error."""
     try:
-        ended = run.store.end(run.workflow.id, run.lease.token, status, result, error, failed_step)
+        ended = run.store.end(
+            run.workflow.id, run.lease.token, status, result, error, failed_step, run.parent_id
+        )
     except StorageError as exc:
         heartbeat.leave(run.lease)
         _name_workflow(exc, run.workflow.id)

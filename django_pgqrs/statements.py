@@ -40,9 +40,12 @@ DIALECT = {
             "COALESCE(%(run_at)s::timestamptz, "
             "statement_timestamp() + %(delay)s::float8 * interval '1 second')"
         ),
+        "due": "statement_timestamp() + %(ahead)s::float8 * interval '1 second'",
         "distinct": "IS DISTINCT FROM",
         "failed_mark": "jsonb_set(s.error, '{failed_workflow}', 'true'::jsonb)",
         "json": "::jsonb",
+        "bigint": "::bigint",
+        "timestamp": "::timestamptz",
         "uuid": "::uuid",
         "text": "::text",
         "bool": "::boolean",
@@ -52,9 +55,12 @@ DIALECT = {
         "until": "%(until)s",
         "extend": "max(coalesce(lease_expires_at, %(until)s), %(until)s)",
         "run_at": "%(run_at)s",
+        "due": "%(due)s",
         "distinct": "IS NOT",
         "failed_mark": "json_set(s.error, '$.failed_workflow', json('true'))",
         "json": "",
+        "bigint": "",
+        "timestamp": "",
         "uuid": "",
         "text": "",
         "bool": "",
@@ -66,12 +72,13 @@ DIALECT = {
 INSERT = """
 INSERT INTO pgqrs_workflows
     (name, status, input, created_at, updated_at, lease_owner, lease_token, lease_expires_at,
-     attempts, recovery_attempts, queue, priority, run_at, idempotency_key, parent_id)
+     attempts, recovery_attempts, queue, priority, run_at, idempotency_key, parent_id,
+     deadline_at)
 VALUES
     (%(name)s, %(status)s, %(input)s{json}, {now}, {now}, %(owner)s{text}, %(token)s{uuid},
      CASE WHEN %(token)s{uuid} IS NULL THEN NULL ELSE {until} END,
      CASE WHEN %(token)s{uuid} IS NULL THEN 0 ELSE 1 END, 0, %(queue)s, %(priority)s, {run_at},
-     %(idempotency_key)s{text}, %(parent_id)s)
+     %(idempotency_key)s{text}, %(parent_id)s{bigint}, %(deadline_at)s{timestamp})
 ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING workflow_id, created_at, run_at
 """
@@ -97,10 +104,11 @@ UPDATE pgqrs_workflows SET
                THEN 1 ELSE 0 END
 WHERE workflow_id = %(id)s AND name = %(name)s AND (
     status IN ('PENDING', 'ERROR')
+    OR (status = 'CANCELLED' AND %(force)s{bool})
     OR (status IN ('RUNNING', 'SLEEPING') AND (
         lease_expires_at IS NULL OR lease_expires_at < {now}
         OR lease_token = %(previous)s{uuid} OR %(force)s{bool})))
-RETURNING workflow_id, name, input, attempts, recovery_attempts
+RETURNING workflow_id, name, input, attempts, recovery_attempts, parent_id, deadline_at
 """
 
 # A worker takes the most urgent due workflow of its queues. SKIP LOCKED: workers never wait for
@@ -110,7 +118,7 @@ CLAIM_NEXT = {
 WITH next AS (
     SELECT workflow_id FROM pgqrs_workflows
     WHERE status IN ('PENDING', 'SLEEPING') AND queue = ANY(%(queues)s::text[])
-        AND run_at <= statement_timestamp()
+        AND run_at <= {due}
     ORDER BY priority DESC, run_at, workflow_id
     LIMIT 1
     FOR UPDATE SKIP LOCKED)
@@ -118,7 +126,8 @@ UPDATE pgqrs_workflows w SET
     status = 'RUNNING', lease_owner = %(owner)s::text, lease_token = %(token)s::uuid,
     lease_expires_at = {until}, updated_at = statement_timestamp(), attempts = w.attempts + 1
 FROM next WHERE w.workflow_id = next.workflow_id
-RETURNING w.workflow_id, w.name, w.input, w.attempts, w.recovery_attempts
+RETURNING w.workflow_id, w.name, w.input, w.attempts, w.recovery_attempts, w.parent_id,
+    w.deadline_at
 """,
     "sqlite": """
 UPDATE pgqrs_workflows SET
@@ -127,10 +136,10 @@ UPDATE pgqrs_workflows SET
 WHERE workflow_id = (
     SELECT workflow_id FROM pgqrs_workflows
     WHERE status IN ('PENDING', 'SLEEPING') AND queue IN (SELECT value FROM json_each(%(queues)s))
-        AND run_at <= {now}
+        AND run_at <= {due}
     ORDER BY priority DESC, run_at, workflow_id
     LIMIT 1)
-RETURNING workflow_id, name, input, attempts, recovery_attempts
+RETURNING workflow_id, name, input, attempts, recovery_attempts, parent_id, deadline_at
 """,
 }
 
@@ -140,7 +149,7 @@ RETURNING workflow_id, name, input, attempts, recovery_attempts
 WITH_STEPS = """
 WITH claimed AS ({claim})
 SELECT claimed.workflow_id, claimed.name, claimed.input::text, claimed.attempts,
-    claimed.recovery_attempts,
+    claimed.recovery_attempts, claimed.parent_id, claimed.deadline_at,
     (SELECT json_agg(json_build_array(s.step_id, s.position, s.status, s.output::text,
                                       s.attempts, s.error, s.args_digest)
                      ORDER BY s.position)::text
@@ -339,3 +348,136 @@ WHERE workflow_id || ':' || lease_token IN (SELECT value FROM json_each(%(pairs)
 RETURNING workflow_id, 1
 """,
 }
+
+
+# --- Suspended workflows: sleeps, waits for events and for children ------------------------------
+
+# A run that must wait (a sleep, an event, a child) gives its lease up and leaves the workflow
+# SLEEPING, due at ``wake``: a worker takes it then, and its replay goes on from the wait.
+SUSPEND = """
+UPDATE pgqrs_workflows SET
+    status = 'SLEEPING', run_at = %(wake)s{timestamp}, updated_at = {now},
+    lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+WHERE workflow_id = %(id)s AND lease_token = %(token)s{uuid}
+RETURNING queue
+"""
+
+# What a suspended workflow waits for may have come while it was suspending: a sender that found
+# it still RUNNING did not wake it. So, just after suspending, it wakes itself if what it waits
+# for is there. (A sender locks the workflow's row until it commits; whichever commits second
+# sees the other's write.)
+WAKE_IF_EVENT = """
+UPDATE pgqrs_workflows SET run_at = {now}
+WHERE workflow_id = %(id)s AND status = 'SLEEPING' AND EXISTS (
+    SELECT 1 FROM pgqrs_workflow_events e
+    WHERE e.workflow_id = %(id)s AND e.name = %(name)s AND e.received_at IS NULL)
+RETURNING queue
+"""
+
+WAKE_IF_CHILDREN = {
+    "postgresql": """
+UPDATE pgqrs_workflows SET run_at = statement_timestamp()
+WHERE workflow_id = %(id)s AND status = 'SLEEPING' AND NOT EXISTS (
+    SELECT 1 FROM pgqrs_workflows c
+    WHERE c.workflow_id = ANY(%(children)s::bigint[])
+        AND c.status NOT IN ('SUCCESS', 'ERROR', 'CANCELLED'))
+RETURNING queue
+""",
+    "sqlite": """
+UPDATE pgqrs_workflows SET run_at = %(now)s
+WHERE workflow_id = %(id)s AND status = 'SLEEPING' AND NOT EXISTS (
+    SELECT 1 FROM pgqrs_workflows c
+    WHERE c.workflow_id IN (SELECT value FROM json_each(%(children)s))
+        AND c.status NOT IN ('SUCCESS', 'ERROR', 'CANCELLED'))
+RETURNING queue
+""",
+}
+
+# A child that ends wakes its parent, if the parent is suspended (waiting for it, say), in the
+# same transaction as its end.
+WAKE = """
+UPDATE pgqrs_workflows SET run_at = {now}
+WHERE workflow_id = %(wake_id)s AND status = 'SLEEPING'
+RETURNING queue
+"""
+
+# Sending an event: the workflow must be unfinished; its row is locked until the sender commits
+# (see WAKE_IF_EVENT), and a suspended one is made due now.
+SEND = """
+UPDATE pgqrs_workflows SET run_at = CASE WHEN status = 'SLEEPING' THEN {now} ELSE run_at END
+WHERE workflow_id = %(id)s AND status NOT IN ('SUCCESS', 'ERROR', 'CANCELLED')
+RETURNING status, queue
+"""
+
+SEND_INSERT = """
+INSERT INTO pgqrs_workflow_events (workflow_id, name, payload, created_at)
+VALUES (%(id)s, %(name)s, %(payload)s{json}, {now})
+RETURNING id
+"""
+
+# Receiving the oldest event of a name not yet received; the caller checkpoints it in the same
+# transaction, so an event is received once, and a replay gets the same one.
+RECEIVE = {
+    "postgresql": """
+UPDATE pgqrs_workflow_events e SET received_at = statement_timestamp(), received_by = %(step_id)s
+WHERE e.id = (
+    SELECT id FROM pgqrs_workflow_events
+    WHERE workflow_id = %(id)s AND name = %(name)s AND received_at IS NULL
+    ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
+RETURNING e.payload::text
+""",
+    "sqlite": """
+UPDATE pgqrs_workflow_events SET received_at = %(now)s, received_by = %(step_id)s
+WHERE id = (
+    SELECT id FROM pgqrs_workflow_events
+    WHERE workflow_id = %(id)s AND name = %(name)s AND received_at IS NULL
+    ORDER BY id LIMIT 1)
+RETURNING payload
+""",
+}
+
+# How children ended: their status, result (as stored) and error.
+OUTCOMES = {
+    "postgresql": """
+SELECT workflow_id, status, result::text, error::text FROM pgqrs_workflows
+WHERE workflow_id = ANY(%(children)s::bigint[])
+""",
+    "sqlite": """
+SELECT workflow_id, status, result, error FROM pgqrs_workflows
+WHERE workflow_id IN (SELECT value FROM json_each(%(children)s))
+""",
+}
+
+
+# Forking: a new PENDING workflow from another's name, input and queue, with that one's
+# checkpoints before a position (step errors kept, but none marked as the one to run again).
+_FORK_WORKFLOW = """
+INSERT INTO pgqrs_workflows
+    (name, status, input, created_at, updated_at, attempts, recovery_attempts, queue, priority,
+     run_at, forked_from_id)
+SELECT name, 'PENDING', input, {now}, {now}, 0, 0, queue, priority, {run_at}, workflow_id
+FROM pgqrs_workflows WHERE workflow_id = %(id)s
+RETURNING workflow_id, queue"""
+
+_FORK_STEPS = """
+INSERT INTO pgqrs_workflow_steps
+    (workflow_id, step_id, position, status, output, error, attempts, started_at, completed_at,
+     args_digest)
+SELECT {fork}, s.step_id, s.position, s.status, s.output, {unmarked}, s.attempts,
+    s.started_at, s.completed_at, s.args_digest
+FROM pgqrs_workflow_steps s {source}
+WHERE s.workflow_id = %(id)s AND s.position < %(position)s"""
+
+FORK = {
+    "postgresql": "WITH fork AS ("
+    + _FORK_WORKFLOW
+    + "),\nkept AS ("
+    + _FORK_STEPS.format(
+        fork="fork.workflow_id", unmarked="s.error - 'failed_workflow'", source=", fork"
+    )
+    + ")\nSELECT workflow_id, queue FROM fork",
+    "sqlite": _FORK_WORKFLOW,
+}
+FORK_STEPS_SQLITE = _FORK_STEPS.format(
+    fork="%(fork)s", unmarked="json_remove(s.error, '$.failed_workflow')", source=""
+)

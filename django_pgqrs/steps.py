@@ -20,6 +20,7 @@ What a body raises decides what is saved:
 
 from __future__ import annotations
 
+import datetime
 import functools
 import os
 import threading
@@ -30,11 +31,12 @@ from typing import TYPE_CHECKING, Any
 from django.db import InterfaceError, OperationalError, connections, transaction
 from django.utils import timezone
 
-from . import codec, failures
+from . import clock, codec, failures
 from .conf import conf
 from .exceptions import (
     LeaseLost,
     NestedAtomicStep,
+    NonRetryable,
     PayloadError,
     SimulatedCrash,
     StepOutsideWorkflow,
@@ -43,11 +45,14 @@ from .exceptions import (
 )
 from .lease import heartbeat
 from .models import StepStatus, Workflow
+from .primitives import Suspend, check_deadline
 from .replay import Run
 
 if TYPE_CHECKING:
     from .decorators import StepFunction
 
+# How many failed attempts a step's saved error lists.
+_HISTORY = 20
 # SQLSTATEs of a server that ended the connection (admin shutdown, crash, starting up), besides
 # class 08, connection exceptions.
 _SERVER_GONE = frozenset({"57P01", "57P02", "57P03"})
@@ -84,8 +89,29 @@ def call_step(
         error = failures.rebuild(saved.error or {}, step_id)
         run.errors[id(error)] = (error, step_id)
         raise error
+    pending = saved.error or {}
+    tries, history = 0, None
+    if "retry_at" in pending and not pending.get("failed_workflow"):
+        # The next attempt of a series of retries that a long wait suspended.
+        retry_at = datetime.datetime.fromisoformat(pending["retry_at"])
+        if clock.now() < retry_at:
+            check_deadline(run, f"step {step_id!r}")
+            end = retry_at if run.deadline is None else min(retry_at, run.deadline)
+            raise Suspend(end, f"step {step_id!r} retries at {retry_at}")
+        tries, history = int(pending.get("tries", 0)), pending.get("attempt_errors")
     return _run_body(
-        definition, run, ctx, args, kwargs, step_id, digest, saved.position, False, saved.attempts
+        definition,
+        run,
+        ctx,
+        args,
+        kwargs,
+        step_id,
+        digest,
+        saved.position,
+        False,
+        saved.attempts,
+        tries,
+        history,
     )
 
 
@@ -107,21 +133,27 @@ def _touch(run: Run) -> None:
 
 
 def _run_of(definition: StepFunction[..., Any], ctx: Any) -> Run:
+    return check_context(ctx, f"Step {definition.name!r}")
+
+
+def check_context(ctx: Any, what: str) -> Run:
+    """The run of the workflow context ``ctx``; raise ``StepOutsideWorkflow`` if ``what`` (a
+    step, a primitive) is called outside it: no running workflow, another thread, a fork."""
     run = ctx._run if isinstance(ctx, Workflow) else None
     if run is None:
         raise StepOutsideWorkflow(
-            f"Step {definition.name!r} was called outside a running workflow. Call steps from a "
-            f"@workflow function, passing its context (ctx) as the first argument."
+            f"{what} was called outside a running workflow. Call it from a @workflow "
+            f"function, passing its context (ctx) as the first argument."
         )
     if run.thread != threading.get_ident():
         raise StepOutsideWorkflow(
-            f"Step {definition.name!r} was called from another thread than the one running "
-            f"workflow {run.workflow.id}; steps must run one at a time in the workflow's thread."
+            f"{what} was called from another thread than the one running workflow "
+            f"{run.workflow.id}; a workflow's steps run one at a time in its thread."
         )
     if run.pid != os.getpid():
         raise StepOutsideWorkflow(
-            f"Step {definition.name!r} was called in a process forked from the one running "
-            f"workflow {run.workflow.id}; only that process may run its steps."
+            f"{what} was called in a process forked from the one running workflow "
+            f"{run.workflow.id}; only that process may run its steps."
         )
     return run
 
@@ -162,11 +194,19 @@ def _run_body(
     position: int,
     shift: bool,
     attempts: int,
+    tries: int = 0,
+    history: list[dict[str, Any]] | None = None,
 ) -> Any:
+    """Run a step's body (with its retries) and save its checkpoint; return its result.
+
+    ``tries`` and ``history``: the tries made so far of a series of retries that a long wait
+    suspended, and their errors.
+    """
     alias = run.store.alias
     in_transaction = definition.atomic or run.savepoints
-    tries = 0
+    history = list(history or [])
     while True:
+        check_deadline(run, f"step {step_id!r}")
         attempts += 1
         tries += 1
         started = timezone.now()
@@ -176,7 +216,7 @@ def _run_body(
             if in_transaction:
                 with transaction.atomic(using=alias):
                     text = _body(definition, ctx, args, kwargs, step_id, alias)
-                    if definition.atomic and not _checkpoint(
+                    if definition.atomic and not write_checkpoint(
                         run, step_id, position, shift, attempts, started, digest, text
                     ):
                         raise _NotWritten
@@ -195,22 +235,48 @@ def _run_body(
                 # The commit of the step's transaction may or may not have happened: the next
                 # claim reads what was saved.
                 raise StorageError(alias, exc) from exc
+            history = [*history, _attempt(attempts, exc)][-_HISTORY:]
             if tries <= definition.retries and _retryable(definition, exc):
-                _wait_to_retry(run, definition.backoff * 2 ** (tries - 1))
-                continue
-            if not _checkpoint(run, step_id, position, shift, attempts, started, digest, exc=exc):
+                delay = definition.delay(tries)
+                if delay <= conf.SUSPEND_AFTER_SECONDS:
+                    _wait_to_retry(run, delay)
+                    continue
+                # A long wait: the workflow sleeps until the next attempt, holding no thread.
+                retry_at = clock.now() + datetime.timedelta(seconds=delay)
+                pending = {
+                    "retry_at": retry_at.isoformat(),
+                    "tries": tries,
+                    "attempt_errors": history,
+                }
+                if not write_checkpoint(
+                    run, step_id, position, shift, attempts, started, digest, exc=exc, extra=pending
+                ):
+                    raise run.lost_error() from exc
+                end = retry_at if run.deadline is None else min(retry_at, run.deadline)
+                raise Suspend(end, f"step {step_id!r} retries at {retry_at}") from exc
+            extra = {"attempt_errors": history}
+            if not write_checkpoint(
+                run, step_id, position, shift, attempts, started, digest, exc=exc, extra=extra
+            ):
                 raise run.lost_error() from exc
             run.position = position
             run.errors[id(exc)] = (exc, step_id)
             raise
         finally:
             run.step = None
-        if not definition.atomic and not _checkpoint(
+        if not definition.atomic and not write_checkpoint(
             run, step_id, position, shift, attempts, started, digest, text
         ):
             return _adopt(run, step_id)
         run.position = position
         return codec.loads(text)
+
+
+def _attempt(attempt: int, exc: BaseException) -> dict[str, Any]:
+    """One failed attempt, for the step's saved error: its number, its error's type and
+    message."""
+    info = failures.error_info(exc)
+    return {"attempt": attempt, "type": info["type"], "message": info["message"][:2000]}
 
 
 def _body(
@@ -273,7 +339,7 @@ def _retryable(definition: StepFunction[..., Any], exc: BaseException) -> bool:
     return (
         isinstance(exc, Exception)
         and isinstance(exc, definition.retry_on)
-        and not isinstance(exc, PayloadError)
+        and not isinstance(exc, PayloadError | NonRetryable)
     )
 
 
@@ -288,17 +354,20 @@ def _wait_to_retry(run: Run, seconds: float) -> None:
     _touch(run)
 
 
-def _checkpoint(
+def write_checkpoint(
     run: Run,
     step_id: str,
     position: int,
     shift: bool,
     attempts: int,
     started: Any,
-    digest: str,
+    digest: str | None,
     output: str | None = None,
     exc: BaseException | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> bool:
+    """Save a step's checkpoint: its output, or its error (with ``extra`` keys); confirm the
+    lease it renews. A checkpoint dropped with its connection is written once more."""
     sent = time.monotonic()
     write = functools.partial(
         run.store.checkpoint,
@@ -309,7 +378,7 @@ def _checkpoint(
         position=position,
         status=StepStatus.SUCCESS if exc is None else StepStatus.ERROR,
         output=output,
-        error=None if exc is None else failures.error_text(exc, None),
+        error=None if exc is None else failures.error_text(exc, None, extra),
         attempts=attempts,
         started_at=started,
         completed_at=timezone.now(),

@@ -30,7 +30,7 @@ from django.db.backends.utils import CursorWrapper
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from . import statements
+from . import clock, statements
 from .conf import conf
 from .exceptions import PayloadError, StorageError
 from .models import Workflow, WorkflowStatus
@@ -84,6 +84,8 @@ class Claimed:
     input_text: str | None
     attempts: int
     recovery_attempts: int
+    parent_id: int | None
+    deadline_at: datetime.datetime | None
     steps: dict[str, SavedStep]
 
 
@@ -138,6 +140,16 @@ class Store:
         self.sql_touch = statements.TOUCH.format(**words)
         self.sql_reap = statements.REAP[self.vendor].format(**words)
         self.sql_any_expired = statements.ANY_EXPIRED.format(**words)
+        self.sql_suspend = statements.SUSPEND.format(**words)
+        self.sql_wake = statements.WAKE.format(**words)
+        self.sql_wake_if_event = statements.WAKE_IF_EVENT.format(**words)
+        self.sql_wake_if_children = statements.WAKE_IF_CHILDREN[self.vendor]
+        self.sql_send = statements.SEND.format(**words)
+        self.sql_send_insert = statements.SEND_INSERT.format(**words)
+        self.sql_receive = statements.RECEIVE[self.vendor]
+        self.sql_outcomes = statements.OUTCOMES[self.vendor]
+        self.sql_fork = statements.FORK[self.vendor].format(**words)
+        self.sql_fork_steps = statements.FORK_STEPS_SQLITE
         self.sql_reap_update = statements.REAP_SQLITE_UPDATE.format(**words)
         self.sql_renew = statements.RENEW[self.vendor].format(**words)
 
@@ -257,13 +269,18 @@ class Store:
         params["lease"] = lease
         params["delay"] = delay
         params["run_at"] = run_at
+        params["ahead"] = clock.ahead()
         if self.vendor == "sqlite":
             now = timezone.now()
             adapt = self.connection.ops.adapt_datetimefield_value
             params["now"] = adapt(now)
             params["until"] = adapt(now + datetime.timedelta(seconds=lease))
             params["run_at"] = adapt(run_at or now + datetime.timedelta(seconds=delay))
+            params["due"] = adapt(now + datetime.timedelta(seconds=clock.ahead()))
         return params
+
+    def _adapt(self, value: datetime.datetime | None) -> Any:
+        return None if value is None else self.connection.ops.adapt_datetimefield_value(value)
 
     def _token(self, token: uuid.UUID | None) -> Any:
         # SQLite keeps Django's UUIDField as 32 hex digits.
@@ -276,7 +293,9 @@ class Store:
         if isinstance(value, str):
             parsed = parse_datetime(value)
             assert parsed is not None
-            return parsed.replace(tzinfo=datetime.UTC) if timezone.is_naive(parsed) else parsed
+            value = parsed
+        if timezone.is_naive(value):
+            return value.replace(tzinfo=datetime.UTC)  # type: ignore[no-any-return]
         return value  # type: ignore[no-any-return]
 
     def insert(
@@ -293,6 +312,7 @@ class Store:
         priority: int = 0,
         idempotency_key: str | None = None,
         parent_id: int | None = None,
+        deadline_at: datetime.datetime | None = None,
         notify: bool = False,
     ) -> tuple[int, datetime.datetime, datetime.datetime] | None:
         """Insert a workflow: RUNNING under the given lease if ``token`` is set, else PENDING.
@@ -315,6 +335,7 @@ class Store:
             priority=priority,
             idempotency_key=idempotency_key,
             parent_id=parent_id,
+            deadline_at=self._adapt(deadline_at),
         )
         sql = self.sql_enqueue if notify else self.sql_insert
         row = self._write(lambda cursor: _one(cursor, sql, params))
@@ -361,7 +382,7 @@ class Store:
             if row is None:
                 return None
             if self.vendor == "postgresql":
-                return row, json.loads(row[5]) if row[5] else []
+                return row, json.loads(row[7]) if row[7] else []
             cursor.execute(statements.STEPS, {"id": row[0]})
             return row, [
                 (r[0], r[1], r[2], r[3], r[4], json.loads(r[5]) if r[5] else None, r[6])
@@ -373,7 +394,8 @@ class Store:
             return None
         row, saved = found
         steps = {r[0]: SavedStep(r[1], r[2], r[3], r[4], r[5], r[6]) for r in saved}
-        return Claimed(row[0], row[1], row[2], row[3], row[4], steps)
+        deadline = self._datetime(row[6]) if row[6] is not None else None
+        return Claimed(row[0], row[1], row[2], row[3], row[4], row[5], deadline, steps)
 
     def checkpoint(
         self,
@@ -431,11 +453,13 @@ class Store:
         result: str | None = None,
         error: str | None = None,
         failed_step: str | None = None,
+        wake_id: int | None = None,
     ) -> bool:
         """Finish a run with ``status`` and release the lease; False if the lease was lost.
 
         ``failed_step``: the step whose error the workflow failed with, marked on its checkpoint
-        so that a resume runs it again.
+        so that a resume runs it again. ``wake_id``: a workflow to wake (the parent of a child
+        that ends), in the same transaction.
         """
         params = self._params(
             0,
@@ -445,17 +469,117 @@ class Store:
             result=result,
             error=error,
             failed_step=failed_step,
+            wake_id=wake_id,
         )
-        if failed_step is None:
-            return self._write(lambda cursor: _one(cursor, self.sql_end, params)) is not None
-        if self.vendor == "postgresql":
-            return self._write(lambda cursor: _one(cursor, self.sql_fail, params)) is not None
 
         def work(cursor: CursorWrapper) -> bool:
-            cursor.execute(self.sql_fail, params)  # the mark first: the end clears the token
-            return _one(cursor, self.sql_end, params) is not None
+            if failed_step is not None and self.vendor == "sqlite":
+                cursor.execute(self.sql_fail, params)  # the mark first: the end clears the token
+            sql = self.sql_end
+            if failed_step is not None and self.vendor == "postgresql":
+                sql = self.sql_fail
+            if _one(cursor, sql, params) is None:
+                return False
+            if wake_id is not None:
+                self._wake(cursor, self.sql_wake, params)
+            return True
 
-        return self._write(work)
+        if wake_id is None:
+            return self._write(work)
+        with transaction.atomic(using=self.alias):
+            return self._write(work)
+
+    def _wake(self, cursor: CursorWrapper, sql: str, params: dict[str, Any]) -> bool:
+        """Run a wake-up statement; notify the workers of the woken workflow's queue."""
+        row = _one(cursor, sql, params)
+        if row is not None:
+            self._notify(cursor, row[0])
+        return row is not None
+
+    def suspend(
+        self,
+        workflow_id: int,
+        token: uuid.UUID,
+        wake: datetime.datetime,
+        event: str | None = None,
+        children: list[int] | None = None,
+    ) -> bool:
+        """Suspend a run: SLEEPING, no lease, due at ``wake``; False if the lease was lost.
+
+        Then wake it at once if the ``event`` it waits for came meanwhile, or the ``children``
+        it waits for have all ended.
+        """
+        params = self._params(
+            0,
+            id=workflow_id,
+            token=self._token(token),
+            wake=self._adapt(wake),
+            name=event,
+            children=self._ids(children or []),
+        )
+        if self._write(lambda cursor: _one(cursor, self.sql_suspend, params)) is None:
+            return False
+        if event is not None:
+            self._write(lambda cursor: self._wake(cursor, self.sql_wake_if_event, params))
+        elif children is not None:
+            self._write(lambda cursor: self._wake(cursor, self.sql_wake_if_children, params))
+        return True
+
+    def send_event(self, workflow_id: int, name: str, payload: str) -> str | None:
+        """Save an event for a workflow, and wake it if it is suspended; return the workflow's
+        status, None if it is unknown or finished. Joins the caller's transaction."""
+        params = self._params(0, id=workflow_id, name=name, payload=payload)
+
+        def work(cursor: CursorWrapper) -> str | None:
+            row = _one(cursor, self.sql_send, params)
+            if row is None:
+                return None
+            cursor.execute(self.sql_send_insert, params)
+            cursor.fetchone()
+            if row[0] == WorkflowStatus.SLEEPING:
+                self._notify(cursor, row[1])
+            return str(row[0])
+
+        with transaction.atomic(using=self.alias):
+            return self._write(work)
+
+    def receive_event(self, workflow_id: int, name: str, step_id: str) -> tuple[bool, str | None]:
+        """Mark the oldest event ``name`` not yet received as received by ``step_id``; return
+        whether there was one, and its payload as stored. Run it in the transaction of the
+        checkpoint that records it."""
+        params = self._params(0, id=workflow_id, name=name, step_id=step_id)
+        row = self._write(lambda cursor: _one(cursor, self.sql_receive, params))
+        return (False, None) if row is None else (True, row[0])
+
+    def outcomes(self, ids: list[int]) -> dict[int, tuple[str, str | None, str | None]]:
+        """How these workflows stand: status, result and error as stored (JSON text)."""
+        params = self._params(0, children=self._ids(ids))
+
+        def work(cursor: CursorWrapper) -> list[Any]:
+            cursor.execute(self.sql_outcomes, params)
+            return list(cursor.fetchall())
+
+        return {row[0]: (row[1], _text(row[2]), _text(row[3])) for row in self._write(work)}
+
+    def fork(self, workflow_id: int, position: int, delay: float = 0.0) -> tuple[int, str]:
+        """Save a fork of a workflow, with its checkpoints before ``position``, due after
+        ``delay``; return the fork's id and queue (workers hear of one due now when the
+        transaction commits)."""
+        params = self._params(0, delay, id=workflow_id, position=position)
+
+        def work(cursor: CursorWrapper) -> tuple[int, str]:
+            fork, queue = _one(cursor, self.sql_fork, params)
+            if self.vendor == "sqlite":
+                cursor.execute(self.sql_fork_steps, {**params, "fork": fork})
+            if delay <= 0:
+                self._notify(cursor, queue)
+            return int(fork), str(queue)
+
+        with transaction.atomic(using=self.alias):
+            return self._write(work)
+
+    def _ids(self, ids: list[int]) -> Any:
+        return ids if self.vendor == "postgresql" else json.dumps(ids)
 
     def release(
         self, workflow_id: int, token: uuid.UUID, delay: float = 0.0, error: str | None = None
@@ -593,6 +717,13 @@ def _schema_error(exc: Exception) -> bool:
     if getattr(exc.__cause__, "sqlstate", None) in _SCHEMA:
         return True
     return str(exc).startswith(("no such table", "no such column"))  # SQLite's words
+
+
+def _text(value: Any) -> str | None:
+    """JSON as text: SQLite and ``::text`` give text; a driver may give the decoded value."""
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value)
 
 
 def _one(cursor: CursorWrapper, sql: str, params: dict[str, Any]) -> Any:

@@ -4,7 +4,8 @@
 so it works inside the transaction of a ``TestCase`` or of pytest-django's ``django_db`` (a
 worker's threads could not see what the test has not committed). ``crash_at()`` makes a run die
 at a step the way a killed process would, so a test can then ``resume()`` or ``drain()`` and check
-that finished steps did not run again.
+that finished steps did not run again. ``advance()`` moves durable time forward, so that a test
+of a workflow that sleeps a day runs in milliseconds.
 
 With pytest, ``pytest_plugins = ["django_pgqrs.testing"]`` in your root ``conftest.py`` also
 gives the ``pgqrs`` fixture, with ``pgqrs.drain()`` and ``pgqrs.crash_at()``, after the database
@@ -14,17 +15,19 @@ is set up.
 from __future__ import annotations
 
 import contextlib
+import datetime
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from . import clock
 from .conf import conf
 from .exceptions import SimulatedCrash
 
 # Loaded by pytest before Django is set up (as a plugin), so nothing here imports the models at
 # import time.
 
-__all__ = ["Drained", "SimulatedCrash", "crash_at", "drain"]
+__all__ = ["Drained", "SimulatedCrash", "advance", "crash_at", "drain", "reset_clock"]
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,21 @@ def crash_at(step: str, *, after_body: bool = False, release: bool = True) -> It
         steps.probes.remove(probe)
 
 
+def advance(seconds: float | datetime.timedelta) -> None:
+    """Move durable time forward by ``seconds``: sleeps, event timeouts, retry waits, deadlines
+    and start times come that much sooner (``drain()`` then runs what became due). Leases are
+    not moved. ``reset_clock()`` (or the end of a test using the ``pgqrs`` fixture) puts it back.
+    """
+    if isinstance(seconds, datetime.timedelta):
+        seconds = seconds.total_seconds()
+    clock.advance(seconds)
+
+
+def reset_clock() -> None:
+    """Put durable time back on the real clock."""
+    clock.reset()
+
+
 def _queues_with_work(alias: str) -> list[str]:
     from .models import Workflow, WorkflowStatus
 
@@ -124,13 +142,18 @@ except ImportError:  # pytest is not needed to use drain() and crash_at()
 else:
 
     class Pgqrs:
-        """What the ``pgqrs`` fixture gives a test: ``drain()`` and ``crash_at()``."""
+        """What the ``pgqrs`` fixture gives a test: ``drain()``, ``crash_at()``, ``advance()``."""
 
         drain = staticmethod(drain)
         crash_at = staticmethod(crash_at)
+        advance = staticmethod(advance)
 
     @pytest.fixture
-    def pgqrs(db: None) -> Pgqrs:
+    def pgqrs(db: None) -> Iterator[Pgqrs]:
         """Run queued workflows in the test (``pgqrs.drain()``), crash runs
-        (``pgqrs.crash_at("step")``); needs the database, as ``db`` does."""
-        return Pgqrs()
+        (``pgqrs.crash_at("step")``), move durable time (``pgqrs.advance(3600)``); needs the
+        database, as ``db`` does. Durable time is put back afterwards."""
+        try:
+            yield Pgqrs()
+        finally:
+            clock.reset()

@@ -38,7 +38,7 @@ from types import FrameType
 
 from django.db import DatabaseError, InterfaceError, connections, router
 
-from . import runtime
+from . import operations, runtime
 from .conf import conf
 from .exceptions import (
     LeaseLost,
@@ -46,6 +46,7 @@ from .exceptions import (
     UnknownWorkflow,
     WorkflowCancelled,
     WorkflowInTransaction,
+    WorkflowSuspended,
 )
 from .lease import Lease, heartbeat, owner_name, process_owner
 from .listener import Listener, Wakeup
@@ -71,6 +72,7 @@ class Summary:
     failed: int = 0
     released: int = 0
     recovered: int = 0
+    suspended: int = 0
     started: float = field(default_factory=time.monotonic)
     # Why the worker stopped on its own, if it did: its runners could not go on.
     fatal: str | None = None
@@ -79,7 +81,7 @@ class Summary:
         ran = self.succeeded + self.failed
         return (
             f"{ran} workflow{'' if ran == 1 else 's'} run ({self.succeeded} succeeded, "
-            f"{self.failed} failed), "
+            f"{self.failed} failed), {self.suspended} suspended, "
             f"{self.released} given back, {self.recovered} recovered from dead owners, "
             f"in {time.monotonic() - self.started:.1f}s"
         )
@@ -371,6 +373,9 @@ class Worker:
             self.store.close_if_broken()
             return 0
         self._storage_ok()
+        failed = [item.workflow_id for item in reaped if item.status == WorkflowStatus.ERROR]
+        if failed:
+            operations.wake_parents(self.alias, failed)
         for item in reaped:
             if item.status == WorkflowStatus.ERROR:
                 logger.error(
@@ -471,6 +476,9 @@ class Worker:
             logger.warning("Workflow %s: lease lost to another process; stopped", label)
         except WorkflowCancelled:
             logger.info("Workflow %s was cancelled; stopped", label)
+        except WorkflowSuspended as exc:
+            self._count("suspended")
+            logger.info("Workflow %s suspended: %s", label, exc.reason)
         except StorageError as exc:
             # Its lease is given back by the heartbeat once the database answers.
             logger.warning("Workflow %s interrupted: %s", label, exc)

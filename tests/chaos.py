@@ -58,7 +58,7 @@ UNFINISHED = ("PENDING", "RUNNING", "SLEEPING")
 
 # --- The workload: what each kind of workflow does, computed without running it ---------------
 
-KINDS = ("chaos_plain", "chaos_atomic", "chaos_retry", "chaos_loop")
+KINDS = ("chaos_plain", "chaos_atomic", "chaos_retry", "chaos_loop", "chaos_primitives")
 # One step longer than a lease: only the heartbeat keeps its workflow with its owner.
 SLOW = "chaos_slow"
 SLOW_LEASES = 1.3  # how long the slow step takes, in lease lengths
@@ -109,6 +109,10 @@ def expected(name: str, n: int) -> Expected:
         ticks = frozenset(step_key("tick", index + 1) for index in range(length))
         total = length * n + sum(index * index for index in range(length))
         return Expected(total + 1, ticks | {"record"}, frozenset({"record"}))
+    if name == "chaos_primitives":
+        # A chaos_plain(n) child (checked as a workflow of its own), a sleep, a wait for it.
+        primitives = {"pgqrs.start:chaos_plain", "pgqrs.sleep", "pgqrs.wait", "offset"}
+        return Expected(2 * n + 3 + 7, frozenset(primitives), frozenset())
     if name == SLOW:
         return Expected(2 * n + 1, frozenset({"scale", "slow"}), frozenset())
     raise ValueError(f"not a chaos workflow: {name!r}")
@@ -404,6 +408,8 @@ class Chaos:
             PGQRS_TEST_POLL_SECONDS=str(config.poll),
             # Many kills may hit one workflow; the poison-workflow limit is not under test here.
             PGQRS_TEST_MAX_RECOVERY_ATTEMPTS="1000",
+            # Sleeps suspend their workflows, so that waking them is under chaos too.
+            PGQRS_TEST_SUSPEND_AFTER_SECONDS="0.05",
             **{TRACE_ENV: str(self.trace), STEP_MS_ENV: "{},{}".format(*config.step_ms)},
         )
         with log.open("wb") as stderr:
@@ -567,9 +573,13 @@ class Chaos:
                 "SELECT workflow_id, step_key, count(*) FROM tests_chaoseffect GROUP BY 1, 2"
             )
         }
-        if len(workflows) != self.report.workflows:
+        top_level = self._query("SELECT count(*) FROM pgqrs_workflows WHERE parent_id IS NULL")
+        children = self._query("SELECT count(*) FROM pgqrs_workflows WHERE parent_id IS NOT NULL")
+        started = sum(1 for n in range(self.report.workflows) if kind_of(n) == "chaos_primitives")
+        if top_level[0][0] != self.report.workflows or children[0][0] != started:
             violations.append(
-                f"(a) {len(workflows)} workflows saved, {self.report.workflows} enqueued"
+                f"(a) {top_level[0][0]} workflows and {children[0][0]} children saved, "
+                f"{self.report.workflows} enqueued and {started} children started"
             )
         lines = self.trace.read_text().splitlines() if self.trace.exists() else []
         bodies, problems = read_trace(lines, self.gone, self.killed, time.time())

@@ -159,3 +159,12 @@ def chaos_loop(ctx: Workflow, n: int) -> int:
 @workflow
 def chaos_slow(ctx: Workflow, n: int) -> int:
     return slow(ctx, scale(ctx, n, 2))
+
+
+@workflow
+def chaos_primitives(ctx: Workflow, n: int) -> int:
+    """A child workflow, a sleep that suspends, a durable wait for the child."""
+    child = chaos_plain.start(n)
+    ctx.sleep(0.1 + (n % 3) * 0.1)
+    value: int = child.result()
+    return offset(ctx, value, 7)

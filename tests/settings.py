@@ -76,6 +76,7 @@ PGQRS = {
     "HEARTBEAT_SECONDS": float(os.environ.get("PGQRS_TEST_HEARTBEAT_SECONDS", 10)),
     "POLL_SECONDS": float(os.environ.get("PGQRS_TEST_POLL_SECONDS", 1.0)),
     "MAX_RECOVERY_ATTEMPTS": int(os.environ.get("PGQRS_TEST_MAX_RECOVERY_ATTEMPTS", 5)),
+    "SUSPEND_AFTER_SECONDS": float(os.environ.get("PGQRS_TEST_SUSPEND_AFTER_SECONDS", 2.0)),
 }
 if os.environ.get("PGQRS_TEST_LISTEN_DATABASE"):
     PGQRS["LISTEN_DATABASE"] = os.environ["PGQRS_TEST_LISTEN_DATABASE"]

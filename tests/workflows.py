@@ -284,5 +284,8 @@ def per_key(ctx: Workflow, numbers: dict[str, int]) -> dict[str, int]:
     return added
 
 
-import tests.chaos_workflows  # noqa: E402, F401 - registers the chaos harness's workflows
-from tests import fault_workflows  # noqa: E402, F401 - registers the fault tests' workflows
+from tests import (  # noqa: E402 - registers the workflows of the other tests' modules
+    chaos_workflows,  # noqa: F401
+    fault_workflows,  # noqa: F401
+    primitive_workflows,  # noqa: F401
+)

@@ -11,7 +11,7 @@ from django.db import connection
 
 import django_pgqrs
 from demo import workflows
-from django_pgqrs.models import Workflow, WorkflowStep
+from django_pgqrs.models import Workflow, WorkflowEvent, WorkflowStep
 
 URL = "https://api.example.com/data"
 
@@ -31,7 +31,7 @@ class Command(BaseCommand):
         # Like the guide's admin.install(): create the tables if they are missing.
         call_command("migrate", verbosity=0)
         if fresh:
-            tables = [Workflow._meta.db_table, WorkflowStep._meta.db_table]
+            tables = [m._meta.db_table for m in (Workflow, WorkflowStep, WorkflowEvent)]
             sql = connection.ops.sql_flush(no_style(), tables, reset_sequences=True)
             connection.ops.execute_sql_flush(sql)
         getattr(self, demo)()
