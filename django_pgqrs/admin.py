@@ -12,9 +12,11 @@ from typing import TYPE_CHECKING, Any
 from django.contrib import admin, messages
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
-from django.utils.html import format_html
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
 
 from . import operations
+from .exceptions import PgqrsError
 from .models import Workflow, WorkflowStep
 
 if TYPE_CHECKING:  # the admin's classes are generic for type checkers only
@@ -73,8 +75,19 @@ class WorkflowAdmin(ReadOnlyMixin, WorkflowAdminBase):
     search_fields = ["=id", "name", "idempotency_key"]
     date_hierarchy = "created_at"
     inlines = [WorkflowStepInline]
-    actions = ["resume_workflows", "cancel_workflows"]
-    _main = ("id", "name", "status", "queue", "priority", "run_at", "parent")
+    actions = ["resume_workflows", "cancel_workflows", "fork_workflows"]
+    _main = (
+        "id",
+        "name",
+        "status",
+        "queue",
+        "priority",
+        "run_at",
+        "deadline_at",
+        "parent_link",
+        "children_links",
+        "forked_from_link",
+    )
     _data = ("input_json", "result_json", "error_json")
     _execution = (
         "attempts",
@@ -98,6 +111,25 @@ class WorkflowAdmin(ReadOnlyMixin, WorkflowAdminBase):
     @admin.display(description="steps", ordering="step_count")
     def step_count(self, workflow: Workflow) -> int:
         return getattr(workflow, "step_count", 0)
+
+    @admin.display(description="parent")
+    def parent_link(self, workflow: Workflow) -> str:
+        return _link(workflow.parent_id)
+
+    @admin.display(description="children")
+    def children_links(self, workflow: Workflow) -> str:
+        children = list(workflow.children.order_by("id").values_list("id", "name", "status")[:200])
+        if not children:
+            return "-"
+        return format_html_join(
+            ", ",
+            '<a href="{}">{} {}</a> ({})',
+            ((_url(pk), name, pk, status) for pk, name, status in children),
+        )
+
+    @admin.display(description="forked from")
+    def forked_from_link(self, workflow: Workflow) -> str:
+        return _link(workflow.forked_from_id)
 
     @admin.display(description="input")
     def input_json(self, workflow: Workflow) -> str:
@@ -140,3 +172,34 @@ class WorkflowAdmin(ReadOnlyMixin, WorkflowAdminBase):
             self.message_user(
                 request, f"{skipped} skipped: they had already finished.", messages.WARNING
             )
+
+    @admin.action(description="Fork selected failed workflows from the step they failed on")
+    def fork_workflows(self, request: HttpRequest, queryset: QuerySet[Workflow]) -> None:
+        forked, skipped = [], []
+        for workflow_id in queryset.values_list("id", flat=True):
+            try:
+                forked.append((workflow_id, operations.fork_workflow(workflow_id).id))
+            except (ValueError, PgqrsError):
+                skipped.append(workflow_id)
+        if forked:
+            self.message_user(
+                request,
+                "Forked (a worker runs them): "
+                + ", ".join(f"{original} as {fork}" for original, fork in forked),
+            )
+        if skipped:
+            self.message_user(
+                request,
+                f"Not forked (no failed step to fork from): {', '.join(map(str, skipped))}",
+                messages.WARNING,
+            )
+
+
+def _url(workflow_id: int) -> str:
+    return reverse("admin:django_pgqrs_workflow_change", args=[workflow_id])
+
+
+def _link(workflow_id: int | None) -> str:
+    if workflow_id is None:
+        return "-"
+    return format_html('<a href="{}">{}</a>', _url(workflow_id), workflow_id)

@@ -6,6 +6,8 @@ can catch the library's errors without catching their own.
 
 from __future__ import annotations
 
+import datetime
+
 
 class PgqrsError(Exception):
     """Base class of every error django-pgqrs raises."""
@@ -159,7 +161,10 @@ class NonDeterministicWorkflow(PgqrsError):
             f"Workflow {workflow_id} is not deterministic: at step position {position} {what}. "
             f"A workflow must call its steps in the same order, with the same arguments, on every "
             f"run; move code that varies (time, randomness, I/O) into steps. For a workflow "
-            f"saved by older code, cancel it, or finish it with the code that started it."
+            f"saved by older code: finish it with the code that started it, cancel it, or fork "
+            f"it from the first step that changed (fork_workflow({workflow_id}, from_step=...), "
+            f"or `manage.py pgqrs_resume {workflow_id} --from-step ...`), which runs the rest "
+            f"with the current code."
         )
 
 
@@ -221,7 +226,7 @@ class WorkflowSuspended(PgqrsError):
     (``wake_at``, or sooner when what it waits for comes), as can ``resume(id)``.
     """
 
-    def __init__(self, workflow_id: object, wake_at: object, reason: str) -> None:
+    def __init__(self, workflow_id: object, wake_at: datetime.datetime | None, reason: str) -> None:
         self.workflow_id = workflow_id
         self.wake_at = wake_at
         self.reason = reason

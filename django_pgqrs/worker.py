@@ -28,6 +28,7 @@ after it saw the database away long enough for leases to run out. Brief cuts do 
 
 from __future__ import annotations
 
+import datetime
 import logging
 import signal
 import threading
@@ -38,7 +39,7 @@ from types import FrameType
 
 from django.db import DatabaseError, InterfaceError, connections, router
 
-from . import operations, runtime
+from . import clock, operations, runtime
 from .conf import conf
 from .exceptions import (
     LeaseLost,
@@ -436,6 +437,17 @@ class Worker:
         finally:
             connections.close_all()
 
+    def _ring_at(self, when: datetime.datetime | None) -> None:
+        """Wake the runners when a workflow suspended here is due, if that comes before the
+        next poll (which finds it anyway): a short sleep then ends on time."""
+        if when is None:
+            return
+        delay = (when - clock.now()).total_seconds()
+        if delay < conf.POLL_SECONDS:
+            timer = threading.Timer(max(0.0, delay), self.wakeup.ring)
+            timer.daemon = True
+            timer.start()
+
     def _give_up(self, why: str) -> None:
         """Stop the worker because its runners cannot go on; it exits with an error."""
         with self._lock:
@@ -479,6 +491,7 @@ class Worker:
         except WorkflowSuspended as exc:
             self._count("suspended")
             logger.info("Workflow %s suspended: %s", label, exc.reason)
+            self._ring_at(exc.wake_at)
         except StorageError as exc:
             # Its lease is given back by the heartbeat once the database answers.
             logger.warning("Workflow %s interrupted: %s", label, exc)

@@ -191,12 +191,27 @@ def charge(ctx: Workflow, order: int) -> str:
     return f"charged:{order}"
 
 
+@step
+def pack(ctx: Workflow, order: int) -> str:
+    trace("pack")
+    return f"packed:{order}"
+
+
+@step(name="pack")
+def pack_renamed(ctx: Workflow, order: int) -> str:
+    """``pack`` renamed in the code; ``name=`` keeps its checkpoints' key."""
+    trace("pack_renamed")
+    return f"packed:{order}"
+
+
 @workflow
 def fulfil(ctx: Workflow, order: int) -> list[str]:
     done = []
     if "validate_address" in deployed:
         done.append(validate_address(ctx, order))
     done.append(charge(ctx, order))
+    if "no_pack" not in deployed:
+        done.append((pack_renamed if "renamed_pack" in deployed else pack)(ctx, order))
     done.append(flaky(ctx, f"shipped:{order}"))
     return done
 

@@ -117,3 +117,35 @@ def test_a_workflow_cancelled_while_it_runs_stops_at_its_next_step():
     saved = Workflow.objects.get(pk=ctx.id)
     assert saved.status == "CANCELLED"
     assert not saved.steps.exists()  # the first step's checkpoint was refused
+
+
+def test_a_parents_page_links_its_children_and_a_forks_page_its_original(staff):
+    from django_pgqrs.testing import drain
+    from tests import primitive_workflows
+
+    parent = primitive_workflows.fan_out.start([1, 2])
+    drain()
+    children = list(Workflow.objects.filter(parent=parent.id).values_list("pk", flat=True))
+    page = staff.get(reverse("admin:django_pgqrs_workflow_change", args=[parent.id])).content
+    for child in children:
+        assert reverse("admin:django_pgqrs_workflow_change", args=[child]).encode() in page
+    child_page = staff.get(reverse("admin:django_pgqrs_workflow_change", args=[children[0]]))
+    assert reverse("admin:django_pgqrs_workflow_change", args=[parent.id]).encode() in (
+        child_page.content
+    )
+
+
+def test_the_fork_action_forks_failed_workflows_from_their_failed_step(staff):
+    failed = failed_workflow()
+    workflows.add_three.run(1)
+    done = Workflow.objects.get(name="add_three")
+    response = staff.post(
+        reverse("admin:django_pgqrs_workflow_changelist"),
+        {"action": "fork_workflows", "_selected_action": [failed.id, done.id]},
+        follow=True,
+    )
+    text = response.content.decode()
+    fork = Workflow.objects.get(forked_from=failed.id)
+    assert f"{failed.id} as {fork.id}" in text
+    assert f"Not forked (no failed step to fork from): {done.id}" in text
+    assert list(fork.steps.values_list("step_id", flat=True)) == ["add_one"]

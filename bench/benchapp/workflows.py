@@ -36,3 +36,18 @@ def clock(ctx: Workflow) -> float:
 def started_at(ctx: Workflow) -> float:
     """Returns the time its first step started: enqueue-to-start latency."""
     return clock(ctx)
+
+
+@workflow(name="bench_sleeper")
+def sleeper(ctx: Workflow, seconds: float) -> list[float]:
+    """Returns when it went to sleep and when it woke: sleep-to-wake latency."""
+    before = clock(ctx)
+    ctx.sleep(seconds)
+    return [before, clock(ctx)]
+
+
+@workflow(name="bench_waiter")
+def waiter(ctx: Workflow) -> float:
+    """Returns when it went on after receiving event "go": event-to-wake latency."""
+    ctx.wait_for_event("go")
+    return clock(ctx)
