@@ -77,6 +77,8 @@ def sql_alone(count: int) -> float:
                 "priority": 0,
                 "idempotency_key": None,
                 "parent_id": None,
+                "deadline_at": None,
+                "ahead": 0.0,
             }
             workflow_id = raw.execute(store.sql_insert, insert, prepare=True).fetchone()[0]
             for position, step_id in enumerate(("fetch", "transform", "save"), 1):

@@ -60,6 +60,19 @@ def check_settings(**kwargs: Any) -> list[Error]:
     return errors
 
 
+@register(Tags.compatibility)
+def check_time_zones(**kwargs: Any) -> list[CheckMessage]:
+    if getattr(settings, "USE_TZ", True):
+        return []
+    return [
+        Error(
+            "django-pgqrs needs USE_TZ = True (Django's default): its times (leases, sleeps, "
+            "deadlines) are aware datetimes.",
+            id="django_pgqrs.E007",
+        )
+    ]
+
+
 @register(Tags.database)
 def check_database(databases: Any = None, **kwargs: Any) -> list[Error]:
     from .models import Workflow

@@ -29,6 +29,15 @@ def _check_sync(func: Callable[..., Any], kind: str) -> None:
         )
 
 
+def _check_name(name: str, kind: str) -> None:
+    # Checkpoint keys are names, "name#N" for repeated calls, and "pgqrs.*" for primitives.
+    if not name or "#" in name or name.startswith("pgqrs."):
+        raise ValueError(
+            f"@{kind} name {name!r}: a name must not be empty, hold '#', nor start with 'pgqrs.' "
+            f"(checkpoint keys use them)."
+        )
+
+
 class WorkflowFunction(Generic[P, R]):
     """A function decorated with ``@workflow``.
 
@@ -43,6 +52,7 @@ class WorkflowFunction(Generic[P, R]):
         timeout: float | datetime.timedelta | None = None,
     ) -> None:
         _check_sync(func, "workflow")
+        _check_name(name, "workflow")
         seconds = timeout.total_seconds() if isinstance(timeout, datetime.timedelta) else timeout
         if seconds is not None and (
             isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0
@@ -148,6 +158,7 @@ class StepFunction(Generic[P, R]):
         jitter: float = 0.0,
     ) -> None:
         _check_sync(func, "step")
+        _check_name(name, "step")
         if retries < 0 or backoff < 0:
             raise ValueError(f"@step {name}: retries and backoff must not be negative.")
         if max_delay is not None and max_delay < 0:

@@ -7,7 +7,9 @@ from collections.abc import Iterable
 from django.db import transaction
 from django.utils import timezone
 
+from . import registry
 from .conf import conf
+from .enqueue import deadline_for
 from .exceptions import WorkflowNotFound
 from .handles import WorkflowHandle
 from .models import Workflow, WorkflowStatus, WorkflowStep
@@ -79,6 +81,13 @@ def cancel(workflow_ids: Iterable[int]) -> list[int]:
     return cancelled
 
 
+def cancel_children(workflow_id: int) -> list[int]:
+    """Cancel the unfinished children (and their descendants) of a workflow that is over."""
+    alias = workflows_alias()
+    children = Workflow.objects.using(alias).filter(parent_id=workflow_id, status__in=UNFINISHED)
+    return cancel(list(children.values_list("pk", flat=True)))
+
+
 def cancel_workflow(workflow_id: int) -> bool:
     """Cancel one workflow and its unfinished children; False if it had already finished
     (succeeded or been cancelled). Raise ``WorkflowNotFound`` for an unknown id."""
@@ -88,18 +97,28 @@ def cancel_workflow(workflow_id: int) -> bool:
 
 
 def wake_parents(alias: str, children: list[int]) -> None:
-    """Wake the suspended parents of these workflows: what they wait for has ended."""
-    parents = list(
+    """Wake the suspended parents of these workflows: what they wait for has ended. Their rows
+    are locked whatever their status, so that a parent suspending meanwhile sees the end."""
+    parent_ids = set(
         Workflow.objects.using(alias)
-        .filter(children__in=children, status=WorkflowStatus.SLEEPING)
-        .values_list("pk", "queue")
-        .distinct()
+        .filter(pk__in=children, parent__isnull=False)
+        .values_list("parent_id", flat=True)
     )
-    if parents:
-        Workflow.objects.using(alias).filter(pk__in=[pk for pk, _ in parents]).update(
-            run_at=timezone.now()
+    if not parent_ids:
+        return
+    with transaction.atomic(using=alias):
+        parents = list(
+            Workflow.objects.using(alias)
+            .select_for_update()
+            .filter(pk__in=parent_ids, status__in=UNFINISHED)
+            .values_list("pk", "status", "queue")
         )
-        store_for(alias).notify({queue for _, queue in parents})
+        sleeping = [(pk, queue) for pk, status, queue in parents if status == "SLEEPING"]
+        if sleeping:
+            Workflow.objects.using(alias).filter(pk__in=[pk for pk, _ in sleeping]).update(
+                run_at=timezone.now()
+            )
+            store_for(alias).notify({queue for _, queue in sleeping})
 
 
 def fork_workflow(
@@ -133,5 +152,9 @@ def fork_workflow(
             f"{saved or 'none'})."
         )
     delay = conf.LEASE_SECONDS if run_here else 0.0
-    fork, _ = store_for(alias).fork(workflow_id, position, delay)
+    name = Workflow.objects.using(alias).values_list("name", flat=True).get(pk=workflow_id)
+    deadline = None
+    if registry.is_registered(name):  # the fork runs with the current code: its timeout
+        deadline = deadline_for(registry.get_workflow(name), None)
+    fork, _ = store_for(alias).fork(workflow_id, position, delay, deadline)
     return WorkflowHandle(fork, alias)

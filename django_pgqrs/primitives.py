@@ -23,7 +23,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from django.db import transaction
 from django.utils import timezone
@@ -33,6 +33,7 @@ from .conf import conf
 from .exceptions import (
     WorkflowCancelled,
     WorkflowFailed,
+    WorkflowNotFound,
     WorkflowTimedOut,
     WorkflowUsageError,
 )
@@ -44,6 +45,10 @@ if TYPE_CHECKING:
 
 # The wake-up time of a wait with no end: until it is woken.
 FOREVER = datetime.datetime(9999, 1, 1, tzinfo=datetime.UTC)
+# How often a wait for workflows looks again by itself: for workflows that are not its children
+# (whose end wakes nobody), and for its children (in case one is deleted).
+RECHECK_OTHERS_SECONDS = 60.0
+RECHECK_CHILDREN_SECONDS = 600.0
 FINISHED = (WorkflowStatus.SUCCESS, WorkflowStatus.ERROR, WorkflowStatus.CANCELLED)
 
 
@@ -67,11 +72,31 @@ class Suspend(BaseException):
         super().__init__(reason)
 
 
+def suspend(
+    run: Run,
+    wake: datetime.datetime,
+    reason: str,
+    event: str | None = None,
+    children: list[int] | None = None,
+) -> NoReturn:
+    """Stop the run here: the workflow sleeps until ``wake`` (or until woken).
+
+    While the suspension unwinds the workflow function, its ``finally`` blocks and context
+    managers run (Python's way); a step or primitive they call does not run then: it raises the
+    suspension again, so that nothing is saved out of order.
+    """
+    stop = Suspend(wake, reason, event, children)
+    run.suspending = stop
+    raise stop
+
+
 def run_of(ctx: Any, what: str) -> Run:
     """The run a primitive is called in; raise ``WorkflowUsageError`` where it cannot be."""
     from .steps import check_context
 
     run = check_context(ctx, what)
+    if run.suspending is not None:
+        raise run.suspending
     if run.step is not None:
         raise WorkflowUsageError(
             f"{what} was called inside step {run.step.name!r}. Call it from the workflow "
@@ -113,20 +138,25 @@ def sleep_until(ctx: Workflow, when: datetime.datetime) -> None:
 def _wait_until(run: Run, wake: datetime.datetime) -> None:
     deadline = run.deadline
     end = wake if deadline is None else min(wake, deadline)
-    left = (end - clock.now()).total_seconds()
-    if left > conf.SUSPEND_AFTER_SECONDS:
-        raise Suspend(end, f"sleeping until {wake}")
-    _in_process(run, left)
+    if not run.reached(end):
+        left = (end - clock.now()).total_seconds()
+        if left > conf.SUSPEND_AFTER_SECONDS:
+            suspend(run, end, f"sleeping until {wake}")
+        _in_process(run, left)
     check_deadline(run, "the end of a sleep")
 
 
 def _in_process(run: Run, seconds: float) -> None:
-    """Wait here, holding the lease (the heartbeat renews it); stop if it is lost."""
+    """Wait here, holding the lease (the heartbeat renews it); stop if it is lost. Then make
+    sure it still holds (cancelled meanwhile?) before the workflow goes on."""
+    from .steps import touch
+
     finish = time.monotonic() + seconds
     while (left := finish - time.monotonic()) > 0:
         if run.lease.lost:
             raise run.lost_error()
         time.sleep(min(left, 0.5))
+    touch(run)
 
 
 # --- Events -------------------------------------------------------------------------------------
@@ -192,19 +222,20 @@ def wait_for_event(ctx: Workflow, name: str, timeout: float | None = None) -> An
         if found:
             _save(run, step_id, position, shift, f"[{text or 'null'}]")
             return codec.loads(text)
-    if until is not None and clock.now() >= until:
+    if until is not None and run.reached(until):
         _save(run, step_id, position, shift, "null")  # timed out
         return None
     end = until or FOREVER
     if run.deadline is not None:
         end = min(end, run.deadline)
-    raise Suspend(end, f"waiting for event {name!r}", event=name)
+    suspend(run, end, f"waiting for event {name!r}", event=name)
 
 
 def _check_name(name: object, what: str) -> None:
-    if not isinstance(name, str) or not name or len(name) > 200:
+    # '#' is kept for the keys of repeated calls (approval, approval#2, ...).
+    if not isinstance(name, str) or not name or len(name) > 200 or "#" in name:
         raise WorkflowUsageError(
-            f"{what} takes an event name of 1 to 200 characters, not {name!r}."
+            f"{what} takes an event name of 1 to 200 characters without '#', not {name!r}."
         )
 
 
@@ -243,6 +274,9 @@ def start_in(
     from .handles import WorkflowHandle
     from .inputs import arguments
 
+    if run.suspending is not None:
+        raise run.suspending
+
     definition = registry.get_workflow(name)
     arguments(definition, args, kwargs)
     step_id = run.next_step_id(f"pgqrs.start:{name}")
@@ -278,6 +312,8 @@ def wait_all(
     ``WorkflowCancelled``) once all have ended; with ``return_exceptions``, it is in the list
     instead."""
     run = ctx if isinstance(ctx, Run) else run_of(ctx, "ctx.wait_all()")
+    if run.suspending is not None:
+        raise run.suspending
     ids = [handle.id for handle in handles]
     step_id = run.next_step_id("pgqrs.wait")
     digest = codec.digest(ids)
@@ -286,21 +322,27 @@ def wait_all(
         run.passing(step_id, saved, digest)
         return _results(ids, codec.loads(saved.output_text), return_exceptions)
     outcomes = run.store.outcomes(ids)
-    if all(outcomes.get(i, ("", None, None))[0] in FINISHED for i in ids):
+    missing = [i for i in ids if i not in outcomes]
+    if missing:
+        raise WorkflowNotFound(missing[0])  # deleted while it was waited for
+    if all(outcomes[i][0] in FINISHED for i in ids):
         text = "[" + ",".join(_outcome_text(outcomes[i]) for i in ids) + "]"
         position, shift = run.new_position()
         _save(run, step_id, position, shift, text, digest)
         return _results(ids, codec.loads(text), return_exceptions)
-    missing = [i for i in ids if i not in outcomes]
-    if missing:
-        raise WorkflowUsageError(f"Workflows {missing} do not exist: there is nothing to wait for.")
     check_deadline(run, "a wait for child workflows")
-    end = FOREVER if run.deadline is None else run.deadline
-    raise Suspend(end, f"waiting for workflows {ids}", children=ids)
+    # A child's end wakes its parent; another workflow's end wakes nobody, so a wait for one
+    # looks again now and then (and a wait for children, rarely, in case one is deleted).
+    others = any(outcomes[i][3] != run.workflow.id for i in ids)
+    look = RECHECK_OTHERS_SECONDS if others else RECHECK_CHILDREN_SECONDS
+    end = clock.now() + datetime.timedelta(seconds=look)
+    if run.deadline is not None:
+        end = min(end, run.deadline)
+    suspend(run, end, f"waiting for workflows {ids}", children=ids)
 
 
-def _outcome_text(outcome: tuple[str, str | None, str | None]) -> str:
-    status, result, error = outcome
+def _outcome_text(outcome: tuple[str, str | None, str | None, int | None]) -> str:
+    status, result, error, _ = outcome
     return f'{{"status":"{status}","result":{result or "null"},"error":{error or "null"}}}'
 
 
@@ -325,7 +367,7 @@ def _results(ids: list[int], outcomes: list[dict[str, Any]], return_exceptions: 
 
 def check_deadline(run: Run, where: str) -> None:
     """Raise ``WorkflowTimedOut`` if the run's workflow is past its deadline."""
-    if run.deadline is not None and clock.now() >= run.deadline:
+    if run.deadline is not None and run.reached(run.deadline):
         raise WorkflowTimedOut(run.workflow.id, run.deadline, where)
 
 

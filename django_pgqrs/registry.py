@@ -59,6 +59,11 @@ def get_workflow(name: str) -> WorkflowFunction[..., Any]:
         raise UnknownWorkflow(name) from None
 
 
+def is_registered(name: str) -> bool:
+    """Whether a workflow function is registered under ``name``."""
+    return name in _workflows
+
+
 def workflow_names() -> list[str]:
     """Return the registered workflow names, sorted."""
     return sorted(_workflows)

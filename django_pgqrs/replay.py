@@ -27,6 +27,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from . import clock
 from .exceptions import LeaseLost, NonDeterministicWorkflow, WorkflowCancelled
 from .lease import Lease
 from .models import StepStatus, Workflow, WorkflowStatus
@@ -47,6 +48,10 @@ class Run:
     # The parent workflow, woken when this one ends; the time past which it fails (timeout).
     parent_id: int | None = None
     deadline: datetime.datetime | None = None
+    # The due time a worker claimed the workflow at, by the database's clock (see reached()).
+    due: datetime.datetime | None = None
+    # The suspension on its way out of the workflow function (see primitives.suspend).
+    suspending: BaseException | None = None
     thread: int = field(default_factory=threading.get_ident)
     pid: int = field(default_factory=os.getpid)
     # Inside a test case's transaction, step bodies run in savepoints (see runtime).
@@ -75,6 +80,15 @@ class Run:
             if step.status == StepStatus.ERROR
             and ((step.error or {}).get("failed_workflow") or (step.error or {}).get("retry_at"))
         )
+
+    def reached(self, moment: datetime.datetime) -> bool:
+        """Whether ``moment`` (a wake-up time, a deadline) has come.
+
+        By the durable clock; or by the database's, which judged the workflow due at ``due``
+        when a worker claimed it: a clock here a little behind the database's must not send the
+        workflow back to sleep, again and again, for the few seconds between them.
+        """
+        return clock.now() >= moment or (self.due is not None and moment <= self.due)
 
     def next_step_id(self, name: str) -> str:
         """Return the checkpoint key of the next call of step ``name``: name, name#2, ..."""

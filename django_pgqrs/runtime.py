@@ -39,13 +39,15 @@ from .exceptions import (
     WorkflowMismatch,
     WorkflowNotFound,
     WorkflowSuspended,
+    WorkflowTimedOut,
+    WorkflowUsageError,
 )
 from .failures import error_info, error_text
 from .inputs import arguments, check_input, encode_input, saved_call
 from .lease import Lease, heartbeat, owner_name, process_owner
 from .models import Workflow, WorkflowStatus
 from .primitives import FOREVER, Suspend
-from .replay import Run, current
+from .replay import Run, current, running_here
 from .steps import interruption
 from .store import Claimed, Store, store_for, workflows_alias
 
@@ -88,6 +90,7 @@ def run_workflow(
             f"Workflow {workflow.id} is a {workflow.name!r} workflow; it cannot be run by "
             f"{definition.name!r}."
         )
+    _refuse_in_workflow(f"{definition.name}(ctx, ...)", definition.name)
     if workflow.id in _running:
         raise WorkflowBusy(workflow.id, f"{process_owner()} (this process)", "it finishes")
     saved_args, saved_kwargs = check_input(definition, workflow, args, kwargs)
@@ -134,6 +137,7 @@ def start_and_run(
     definition: WorkflowFunction[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
     """Create a workflow already owned by this process and run it: one statement to start."""
+    _refuse_in_workflow(f"{definition.name}.run(...)", definition.name)
     arguments(definition, args, kwargs)
     text = encode_input(definition.name, args, kwargs)
     store = store_for(workflows_alias())
@@ -216,6 +220,7 @@ def run_claimed(claimed: Claimed, store: Store, lease: Lease, savepoints: bool =
         claimed.steps,
         parent_id=claimed.parent_id,
         deadline=claimed.deadline_at,
+        due=claimed.due,
         savepoints=savepoints,
     )
     return _execute(definition, run, args, kwargs)
@@ -243,6 +248,17 @@ def resume(workflow_id: int, *, force: bool = False) -> Any:
 async def aresume(workflow_id: int, *, force: bool = False) -> Any:
     """``resume`` for async code: the workflow runs in a thread."""
     return await sync_to_async(resume)(workflow_id, force=force)
+
+
+def _refuse_in_workflow(call: str, name: str) -> None:
+    """A workflow run inline inside another workflow's function would not be tracked by it (a
+    replay would run it again), nor could it wait: start it as a child instead."""
+    if running_here() is not None:
+        raise WorkflowUsageError(
+            f"{call} was called in a workflow's function, where its run would not be saved with "
+            f"it. Start it as a child: {name}.start(...) (a replay gets the same child), then "
+            f"handle.result() to wait for it."
+        )
 
 
 def refuse_in_transaction(alias: str, call: str, name: str | None = None) -> bool:
@@ -313,7 +329,12 @@ def _execute(
             heartbeat.leave(lease)
             _name_workflow(exc, workflow.id)
             raise
-        except (LeaseLost, WorkflowCancelled):
+        except LeaseLost:
+            raise
+        except WorkflowCancelled as exc:
+            if exc.workflow_id == workflow.id:
+                raise  # this workflow was cancelled: it stops, saving nothing more
+            _fail(run, exc)  # a workflow it waited for was: its failure, as any other error
             raise
         except BaseException as exc:
             if interruption(exc):
@@ -367,11 +388,16 @@ def _suspend(run: Run, suspend: Suspend) -> None:
 
 
 def _fail(run: Run, exc: BaseException) -> None:
-    """Save the workflow as ERROR with ``exc``, naming (and marking) the step it failed on."""
+    """Save the workflow as ERROR with ``exc``, naming (and marking) the step it failed on. A
+    workflow past its deadline is over: its unfinished children are cancelled."""
     step = run.failure_step(exc)
     run.workflow.status = WorkflowStatus.ERROR
     run.workflow.error = error_info(exc, step)
     _end(run, WorkflowStatus.ERROR, error=error_text(exc, step), failed_step=step, cause=exc)
+    if isinstance(exc, WorkflowTimedOut):
+        from .operations import cancel_children
+
+        cancel_children(run.workflow.id)
 
 
 def _end(

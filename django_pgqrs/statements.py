@@ -108,7 +108,8 @@ WHERE workflow_id = %(id)s AND name = %(name)s AND (
     OR (status IN ('RUNNING', 'SLEEPING') AND (
         lease_expires_at IS NULL OR lease_expires_at < {now}
         OR lease_token = %(previous)s{uuid} OR %(force)s{bool})))
-RETURNING workflow_id, name, input, attempts, recovery_attempts, parent_id, deadline_at
+RETURNING workflow_id, name, input, attempts, recovery_attempts, parent_id, deadline_at,
+    NULL AS run_at
 """
 
 # A worker takes the most urgent due workflow of its queues. SKIP LOCKED: workers never wait for
@@ -127,7 +128,7 @@ UPDATE pgqrs_workflows w SET
     lease_expires_at = {until}, updated_at = statement_timestamp(), attempts = w.attempts + 1
 FROM next WHERE w.workflow_id = next.workflow_id
 RETURNING w.workflow_id, w.name, w.input, w.attempts, w.recovery_attempts, w.parent_id,
-    w.deadline_at
+    w.deadline_at, w.run_at
 """,
     "sqlite": """
 UPDATE pgqrs_workflows SET
@@ -139,7 +140,7 @@ WHERE workflow_id = (
         AND run_at <= {due}
     ORDER BY priority DESC, run_at, workflow_id
     LIMIT 1)
-RETURNING workflow_id, name, input, attempts, recovery_attempts, parent_id, deadline_at
+RETURNING workflow_id, name, input, attempts, recovery_attempts, parent_id, deadline_at, run_at
 """,
 }
 
@@ -149,7 +150,7 @@ RETURNING workflow_id, name, input, attempts, recovery_attempts, parent_id, dead
 WITH_STEPS = """
 WITH claimed AS ({claim})
 SELECT claimed.workflow_id, claimed.name, claimed.input::text, claimed.attempts,
-    claimed.recovery_attempts, claimed.parent_id, claimed.deadline_at,
+    claimed.recovery_attempts, claimed.parent_id, claimed.deadline_at, claimed.run_at,
     (SELECT json_agg(json_build_array(s.step_id, s.position, s.status, s.output::text,
                                       s.attempts, s.error, s.args_digest)
                      ORDER BY s.position)::text
@@ -394,18 +395,21 @@ RETURNING queue
 }
 
 # A child that ends wakes its parent, if the parent is suspended (waiting for it, say), in the
-# same transaction as its end.
+# same transaction as its end. The parent's row is locked whatever its status, until the child's
+# end commits: a parent suspending meanwhile waits for that, and then sees the child ended (see
+# WAKE_IF_CHILDREN).
 WAKE = """
-UPDATE pgqrs_workflows SET run_at = {now}
-WHERE workflow_id = %(wake_id)s AND status = 'SLEEPING'
-RETURNING queue
+UPDATE pgqrs_workflows SET run_at = CASE WHEN status = 'SLEEPING' THEN {now} ELSE run_at END
+WHERE workflow_id = %(wake_id)s AND status NOT IN ('SUCCESS', 'ERROR', 'CANCELLED')
+RETURNING status, queue
 """
 
-# Sending an event: the workflow must be unfinished; its row is locked until the sender commits
+# Sending an event: the workflow must not have succeeded nor been cancelled (one that failed may
+# be resumed, and wait for it then); its row is locked until the sender commits
 # (see WAKE_IF_EVENT), and a suspended one is made due now.
 SEND = """
 UPDATE pgqrs_workflows SET run_at = CASE WHEN status = 'SLEEPING' THEN {now} ELSE run_at END
-WHERE workflow_id = %(id)s AND status NOT IN ('SUCCESS', 'ERROR', 'CANCELLED')
+WHERE workflow_id = %(id)s AND status NOT IN ('SUCCESS', 'CANCELLED')
 RETURNING status, queue
 """
 
@@ -439,11 +443,11 @@ RETURNING payload
 # How children ended: their status, result (as stored) and error.
 OUTCOMES = {
     "postgresql": """
-SELECT workflow_id, status, result::text, error::text FROM pgqrs_workflows
+SELECT workflow_id, status, result::text, error::text, parent_id FROM pgqrs_workflows
 WHERE workflow_id = ANY(%(children)s::bigint[])
 """,
     "sqlite": """
-SELECT workflow_id, status, result, error FROM pgqrs_workflows
+SELECT workflow_id, status, result, error, parent_id FROM pgqrs_workflows
 WHERE workflow_id IN (SELECT value FROM json_each(%(children)s))
 """,
 }
@@ -454,8 +458,9 @@ WHERE workflow_id IN (SELECT value FROM json_each(%(children)s))
 _FORK_WORKFLOW = """
 INSERT INTO pgqrs_workflows
     (name, status, input, created_at, updated_at, attempts, recovery_attempts, queue, priority,
-     run_at, forked_from_id)
-SELECT name, 'PENDING', input, {now}, {now}, 0, 0, queue, priority, {run_at}, workflow_id
+     run_at, forked_from_id, deadline_at)
+SELECT name, 'PENDING', input, {now}, {now}, 0, 0, queue, priority, {run_at}, workflow_id,
+    %(deadline_at)s{timestamp}
 FROM pgqrs_workflows WHERE workflow_id = %(id)s
 RETURNING workflow_id, queue"""
 

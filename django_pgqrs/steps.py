@@ -45,7 +45,7 @@ from .exceptions import (
 )
 from .lease import heartbeat
 from .models import StepStatus, Workflow
-from .primitives import Suspend, check_deadline
+from .primitives import check_deadline, suspend
 from .replay import Run
 
 if TYPE_CHECKING:
@@ -67,6 +67,8 @@ def call_step(
 ) -> Any:
     """Run one step call: return its saved output, or run its body and checkpoint the result."""
     run = _run_of(definition, ctx)
+    if run.suspending is not None:
+        raise run.suspending  # called on the way out of a suspension (see primitives.suspend)
     if run.step is not None:
         return _nested(definition, run, ctx, args, kwargs)
     check_lease(run)
@@ -94,10 +96,10 @@ def call_step(
     if "retry_at" in pending and not pending.get("failed_workflow"):
         # The next attempt of a series of retries that a long wait suspended.
         retry_at = datetime.datetime.fromisoformat(pending["retry_at"])
-        if clock.now() < retry_at:
+        if not run.reached(retry_at):
             check_deadline(run, f"step {step_id!r}")
             end = retry_at if run.deadline is None else min(retry_at, run.deadline)
-            raise Suspend(end, f"step {step_id!r} retries at {retry_at}")
+            suspend(run, end, f"step {step_id!r} retries at {retry_at}")
         tries, history = int(pending.get("tries", 0)), pending.get("attempt_errors")
     return _run_body(
         definition,
@@ -123,6 +125,11 @@ def check_lease(run: Run) -> None:
     if lease.stale(conf.LEASE_SECONDS):
         heartbeat.ensure_alive()
         _touch(run)
+
+
+def touch(run: Run) -> None:
+    """Confirm the run's lease (one statement); raise if it was lost or cancelled."""
+    _touch(run)
 
 
 def _touch(run: Run) -> None:
@@ -225,10 +232,12 @@ def _run_body(
                 text = _body(definition, ctx, args, kwargs, step_id, alias)
         except _NotWritten:
             return _adopt(run, step_id)
-        except (LeaseLost, WorkflowCancelled, StorageError):
+        except (LeaseLost, StorageError):
             raise
         except BaseException as exc:
             run.step = None
+            if isinstance(exc, WorkflowCancelled) and exc.workflow_id == run.workflow.id:
+                raise
             if interruption(exc):
                 raise
             if _outage(exc, alias) or (committing and _connection_gone(exc)):
@@ -253,7 +262,7 @@ def _run_body(
                 ):
                     raise run.lost_error() from exc
                 end = retry_at if run.deadline is None else min(retry_at, run.deadline)
-                raise Suspend(end, f"step {step_id!r} retries at {retry_at}") from exc
+                suspend(run, end, f"step {step_id!r} retries at {retry_at}")
             extra = {"attempt_errors": history}
             if not write_checkpoint(
                 run, step_id, position, shift, attempts, started, digest, exc=exc, extra=extra

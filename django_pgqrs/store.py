@@ -86,6 +86,8 @@ class Claimed:
     recovery_attempts: int
     parent_id: int | None
     deadline_at: datetime.datetime | None
+    # The due time a worker claimed it at (a claim by id: None), by the database's clock.
+    due: datetime.datetime | None
     steps: dict[str, SavedStep]
 
 
@@ -382,7 +384,7 @@ class Store:
             if row is None:
                 return None
             if self.vendor == "postgresql":
-                return row, json.loads(row[7]) if row[7] else []
+                return row, json.loads(row[8]) if row[8] else []
             cursor.execute(statements.STEPS, {"id": row[0]})
             return row, [
                 (r[0], r[1], r[2], r[3], r[4], json.loads(r[5]) if r[5] else None, r[6])
@@ -395,7 +397,8 @@ class Store:
         row, saved = found
         steps = {r[0]: SavedStep(r[1], r[2], r[3], r[4], r[5], r[6]) for r in saved}
         deadline = self._datetime(row[6]) if row[6] is not None else None
-        return Claimed(row[0], row[1], row[2], row[3], row[4], row[5], deadline, steps)
+        due = self._datetime(row[7]) if row[7] is not None else None
+        return Claimed(row[0], row[1], row[2], row[3], row[4], row[5], deadline, due, steps)
 
     def checkpoint(
         self,
@@ -481,7 +484,9 @@ class Store:
             if _one(cursor, sql, params) is None:
                 return False
             if wake_id is not None:
-                self._wake(cursor, self.sql_wake, params)
+                woken = _one(cursor, self.sql_wake, params)
+                if woken is not None and woken[0] == WorkflowStatus.SLEEPING:
+                    self._notify(cursor, woken[1])
             return True
 
         if wake_id is None:
@@ -551,21 +556,30 @@ class Store:
         row = self._write(lambda cursor: _one(cursor, self.sql_receive, params))
         return (False, None) if row is None else (True, row[0])
 
-    def outcomes(self, ids: list[int]) -> dict[int, tuple[str, str | None, str | None]]:
-        """How these workflows stand: status, result and error as stored (JSON text)."""
+    def outcomes(self, ids: list[int]) -> dict[int, tuple[str, str | None, str | None, int | None]]:
+        """How these workflows stand: status, result and error as stored (JSON text), and
+        their parent."""
         params = self._params(0, children=self._ids(ids))
 
         def work(cursor: CursorWrapper) -> list[Any]:
             cursor.execute(self.sql_outcomes, params)
             return list(cursor.fetchall())
 
-        return {row[0]: (row[1], _text(row[2]), _text(row[3])) for row in self._write(work)}
+        return {row[0]: (row[1], _text(row[2]), _text(row[3]), row[4]) for row in self._write(work)}
 
-    def fork(self, workflow_id: int, position: int, delay: float = 0.0) -> tuple[int, str]:
+    def fork(
+        self,
+        workflow_id: int,
+        position: int,
+        delay: float = 0.0,
+        deadline_at: datetime.datetime | None = None,
+    ) -> tuple[int, str]:
         """Save a fork of a workflow, with its checkpoints before ``position``, due after
         ``delay``; return the fork's id and queue (workers hear of one due now when the
         transaction commits)."""
-        params = self._params(0, delay, id=workflow_id, position=position)
+        params = self._params(
+            0, delay, id=workflow_id, position=position, deadline_at=self._adapt(deadline_at)
+        )
 
         def work(cursor: CursorWrapper) -> tuple[int, str]:
             fork, queue = _one(cursor, self.sql_fork, params)

@@ -166,3 +166,44 @@ def parent_holding(ctx: Workflow) -> list[Any]:
     handle = add_two.start(40)
     held(ctx, "parent")
     return [handle.id, handle.result()]
+
+
+@workflow
+def shares_a_child(ctx: Workflow, key: str) -> Any:
+    """Starts a child with an idempotency key: a second parent gets the first one's child."""
+    return add_two.start(1, idempotency_key=key).result()
+
+
+@workflow
+def waits_for_other(ctx: Workflow, other: int) -> Any:
+    from django_pgqrs import WorkflowHandle
+
+    return WorkflowHandle(other).result()
+
+
+@workflow
+def cleans_up_after_waiting(ctx: Workflow) -> list[Any]:
+    try:
+        payload = ctx.wait_for_event("done")
+    finally:
+        note(ctx, "cleanup")
+    return [payload]
+
+
+@workflow
+def short_nap_then_step(ctx: Workflow) -> list[Any]:
+    note(ctx, "before-nap")
+    ctx.sleep(1.0)  # waited in the process (below SUSPEND_AFTER_SECONDS)
+    return [note(ctx, "after-nap")]
+
+
+@workflow(timeout=60)
+def parent_that_times_out(ctx: Workflow) -> Any:
+    handle = napper.start(3600)
+    ctx.sleep(3600)
+    return handle.id
+
+
+@workflow
+def runs_inline_inside(ctx: Workflow) -> Any:
+    return add_two.run(1)
