@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from .codec import PayloadDecoder, PayloadEncoder
 
@@ -104,6 +105,13 @@ class Workflow(models.Model):
         db_index=False,
     )
 
+    # When a process first started running it, and when the latest run started.
+    started_at = models.DateTimeField(null=True, blank=True, editable=False)
+    attempted_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # One entry per run that ended: {"attempt", "worker", "ended_at", "outcome", "error"?}, the
+    # newest last (at most statements.HISTORY_LIMIT). ``error`` above is only the last failure.
+    history = models.JSONField(null=True, blank=True, editable=False)
+
     objects = WorkflowQuerySet.as_manager()
 
     # The engine's state while this process runs the workflow (see replay.Run); not a column.
@@ -130,6 +138,13 @@ class Workflow(models.Model):
             ),
             models.Index(
                 fields=["parent"], name="pgqrs_wf_parent_idx", condition=Q(parent__isnull=False)
+            ),
+            # Deleting a workflow sets forked_from of its forks to NULL: without this index each
+            # deletion would scan the whole table for them.
+            models.Index(
+                fields=["forked_from"],
+                name="pgqrs_wf_forked_from_idx",
+                condition=Q(forked_from__isnull=False),
             ),
         ]
         constraints = [
@@ -176,6 +191,34 @@ class Workflow(models.Model):
         from .primitives import wait_all
 
         return wait_all(self, handles, return_exceptions)
+
+    @property
+    def attempt_history(self) -> list[dict[str, Any]]:
+        """The runs of this workflow that ended, oldest first, each a dict with ``attempt``
+        (its number), ``worker`` (the process that ran it), ``ended_at`` (an aware datetime),
+        ``outcome`` (``SUCCESS``, ``ERROR``, ``CANCELLED``, ``SLEEPING`` when it suspended,
+        ``PENDING`` when it was given back, ``LOST`` when its owner stopped renewing its lease)
+        and, for a failure, ``error``: the failure as the ``error`` column held it then."""
+        entries = []
+        for entry in self.history or []:
+            entry = dict(entry)
+            ended = entry.get("ended_at")
+            if isinstance(ended, str):
+                parsed = parse_datetime(ended.replace(" ", "T", 1))
+                if parsed is not None and timezone.is_naive(parsed):
+                    parsed = timezone.make_aware(parsed, datetime.UTC)
+                entry["ended_at"] = parsed
+            entries.append(entry)
+        return entries
+
+    @property
+    def worker_ids(self) -> list[str]:
+        """The workers that ran this workflow, one per run, oldest first; the current owner last
+        while it runs."""
+        workers = [entry["worker"] for entry in self.history or [] if entry.get("worker")]
+        if self.status == WorkflowStatus.RUNNING and self.lease_owner:
+            workers.append(self.lease_owner)
+        return workers
 
     @classmethod
     def saved(cls, using: str, **fields: Any) -> Workflow:

@@ -67,18 +67,60 @@ DIALECT = {
     },
 }
 
+# Each run that ends (finished, failed, suspended, given back, or taken back from a dead owner)
+# leaves an entry in the workflow's history: its attempt number, the worker that ran it, when it
+# ended, how, and its error, if any. The error column holds only the last failure; the history
+# keeps earlier ones after a resume, and says which workers ran the workflow. At most
+# HISTORY_LIMIT entries are kept, the newest.
+HISTORY_LIMIT = 50
+
+
+def _history(vendor: str, outcome: str, error: str) -> str:
+    """The ``history = ...`` assignment appending one entry; ``outcome`` and ``error`` are SQL."""
+    t = "pgqrs_workflows"  # qualified: the reaper's UPDATE joins a list with an owner column
+    if vendor == "postgresql":
+        return f"""history = (CASE WHEN jsonb_array_length(COALESCE(history, '[]'::jsonb))
+                          >= {HISTORY_LIMIT} THEN history - 0
+                     ELSE COALESCE(history, '[]'::jsonb) END)
+        || jsonb_build_array(jsonb_build_object(
+            'attempt', {t}.attempts, 'worker', {t}.lease_owner, 'ended_at', statement_timestamp(),
+            'outcome', {outcome})
+            || CASE WHEN {error} IS NULL THEN '{{}}'::jsonb
+                    ELSE jsonb_build_object('error', {error}) END)"""
+    entry = (
+        f"json_object('attempt', {t}.attempts, 'worker', {t}.lease_owner, 'ended_at', %(now)s, "
+        f"'outcome', {outcome})"
+    )
+    return f"""history = json_insert(
+        CASE WHEN json_array_length(COALESCE(history, '[]')) >= {HISTORY_LIMIT}
+             THEN json_remove(history, '$[0]') ELSE COALESCE(history, '[]') END,
+        '$[#]',
+        CASE WHEN {error} IS NULL THEN {entry}
+             ELSE json_set({entry}, '$.error', json({error})) END)"""
+
+
+for _vendor, _words in DIALECT.items():
+    _json = _words["json"]
+    _words["log_end"] = _history(_vendor, f"%(status)s{_words['text']}", f"%(error)s{_json}")
+    _words["log_suspend"] = _history(_vendor, "'SLEEPING'", "NULL")
+    _words["log_release"] = _history(_vendor, "'PENDING'", f"%(error)s{_json}")
+    _words["log_reap"] = _history(_vendor, "'LOST'", "NULL")
+
+
 # A workflow is inserted RUNNING under the caller's lease (run it now, here) or PENDING (for
 # a worker, or for the caller to run later). A repeated idempotency key inserts nothing.
 INSERT = """
 INSERT INTO pgqrs_workflows
     (name, status, input, created_at, updated_at, lease_owner, lease_token, lease_expires_at,
      attempts, recovery_attempts, queue, priority, run_at, idempotency_key, parent_id,
-     deadline_at)
+     deadline_at, started_at, attempted_at)
 VALUES
     (%(name)s, %(status)s, %(input)s{json}, {now}, {now}, %(owner)s{text}, %(token)s{uuid},
      CASE WHEN %(token)s{uuid} IS NULL THEN NULL ELSE {until} END,
      CASE WHEN %(token)s{uuid} IS NULL THEN 0 ELSE 1 END, 0, %(queue)s, %(priority)s, {run_at},
-     %(idempotency_key)s{text}, %(parent_id)s{bigint}, %(deadline_at)s{timestamp})
+     %(idempotency_key)s{text}, %(parent_id)s{bigint}, %(deadline_at)s{timestamp},
+     CASE WHEN %(token)s{uuid} IS NULL THEN NULL ELSE {now} END,
+     CASE WHEN %(token)s{uuid} IS NULL THEN NULL ELSE {now} END)
 ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING workflow_id, created_at, run_at
 """
@@ -98,6 +140,7 @@ CLAIM = """
 UPDATE pgqrs_workflows SET
     status = 'RUNNING', lease_owner = %(owner)s{text}, lease_token = %(token)s{uuid},
     lease_expires_at = {until}, updated_at = {now}, attempts = attempts + 1,
+    started_at = COALESCE(started_at, {now}), attempted_at = {now},
     recovery_attempts = recovery_attempts
         + CASE WHEN status IN ('RUNNING', 'SLEEPING')
                     AND lease_token {distinct} %(previous)s{uuid} AND NOT %(force)s{bool}
@@ -125,7 +168,9 @@ WITH next AS (
     FOR UPDATE SKIP LOCKED)
 UPDATE pgqrs_workflows w SET
     status = 'RUNNING', lease_owner = %(owner)s::text, lease_token = %(token)s::uuid,
-    lease_expires_at = {until}, updated_at = statement_timestamp(), attempts = w.attempts + 1
+    lease_expires_at = {until}, updated_at = statement_timestamp(), attempts = w.attempts + 1,
+    started_at = COALESCE(w.started_at, statement_timestamp()),
+    attempted_at = statement_timestamp()
 FROM next WHERE w.workflow_id = next.workflow_id
 RETURNING w.workflow_id, w.name, w.input, w.attempts, w.recovery_attempts, w.parent_id,
     w.deadline_at, w.run_at
@@ -133,7 +178,8 @@ RETURNING w.workflow_id, w.name, w.input, w.attempts, w.recovery_attempts, w.par
     "sqlite": """
 UPDATE pgqrs_workflows SET
     status = 'RUNNING', lease_owner = %(owner)s, lease_token = %(token)s,
-    lease_expires_at = {until}, updated_at = {now}, attempts = attempts + 1
+    lease_expires_at = {until}, updated_at = {now}, attempts = attempts + 1,
+    started_at = COALESCE(started_at, {now}), attempted_at = {now}
 WHERE workflow_id = (
     SELECT workflow_id FROM pgqrs_workflows
     WHERE status IN ('PENDING', 'SLEEPING') AND queue IN (SELECT value FROM json_each(%(queues)s))
@@ -222,7 +268,9 @@ def checkpoint(vendor: str, shift: bool) -> list[str]:
 # Ending a run: set the final status and give the lease up, fenced by the token.
 END = """
 UPDATE pgqrs_workflows SET
-    status = %(status)s, result = %(result)s{json}, error = %(error)s{json}, updated_at = {now},
+    status = %(status)s{text}, result = %(result)s{json}, error = %(error)s{json},
+    updated_at = {now},
+    {log_end},
     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
 WHERE workflow_id = %(id)s AND lease_token = %(token)s{uuid}
 RETURNING queue
@@ -256,6 +304,7 @@ RELEASE = """
 UPDATE pgqrs_workflows SET
     status = 'PENDING', updated_at = {now}, run_at = {run_at},
     error = COALESCE(%(error)s{json}, error),
+    {log_release},
     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
 WHERE workflow_id = %(id)s AND lease_token = %(token)s{uuid}
 RETURNING queue
@@ -288,6 +337,7 @@ _REAP_SET = """
     recovery_attempts = CASE WHEN recovery_attempts >= %(max)s
                              THEN recovery_attempts ELSE recovery_attempts + 1 END,
     run_at = {now}, updated_at = {now},
+    {log_reap},
     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL"""
 
 _EXPIRED = """
@@ -358,6 +408,7 @@ RETURNING workflow_id, 1
 SUSPEND = """
 UPDATE pgqrs_workflows SET
     status = 'SLEEPING', run_at = %(wake)s{timestamp}, updated_at = {now},
+    {log_suspend},
     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
 WHERE workflow_id = %(id)s AND lease_token = %(token)s{uuid}
 RETURNING queue
