@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from django.db import transaction
 from django.utils import timezone
 
-from . import registry
+from . import registry, signals
 from .conf import conf
 from .enqueue import deadline_for
 from .exceptions import WorkflowNotFound
@@ -78,6 +78,21 @@ def cancel(workflow_ids: Iterable[int]) -> list[int]:
                 .values_list("pk", flat=True)
             )
         wake_parents(alias, cancelled)
+        if signals.workflow_finished.receivers and cancelled:
+            names = dict(
+                Workflow.objects.using(alias).filter(pk__in=cancelled).values_list("pk", "name")
+            )
+            for workflow_id in cancelled:
+                signals.send_on_commit(
+                    signals.workflow_finished,
+                    alias,
+                    workflow_id=workflow_id,
+                    name=names.get(workflow_id, ""),
+                    status=WorkflowStatus.CANCELLED,
+                    result=None,
+                    error=None,
+                    exception=None,
+                )
     return cancelled
 
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from asgiref.sync import sync_to_async
 from django.db import connections
 
-from . import codec, registry
+from . import codec, registry, signals
 from .async_support import refuse_in_event_loop
 from .conf import conf
 from .enqueue import deadline_for
@@ -118,6 +118,17 @@ def run_workflow(
     if claimed is None:
         return _unclaimable(workflow, store)
     lease.confirm(sent, conf.LEASE_SECONDS)
+    if claimed.recovery_attempts > workflow.recovery_attempts and (
+        signals.workflow_recovered.receivers
+    ):
+        # Taken over here from an owner whose lease had expired (resume() after a crash).
+        signals.send(
+            signals.workflow_recovered,
+            workflow_id=workflow.id,
+            name=workflow.name,
+            previous_owner=workflow.lease_owner,
+            status=WorkflowStatus.RUNNING,
+        )
     workflow.status = WorkflowStatus.RUNNING
     workflow.attempts = claimed.attempts
     workflow.recovery_attempts = claimed.recovery_attempts
@@ -212,6 +223,8 @@ def run_claimed(claimed: Claimed, store: Store, lease: Lease, savepoints: bool =
         workflow.status = WorkflowStatus.ERROR
         workflow.error = error_info(exc)
         store.end(workflow.id, lease.token, WorkflowStatus.ERROR, error=error_text(exc))
+        if signals.workflow_finished.receivers:
+            _finished(workflow, exc)
         raise exc from None
     run = Run(
         workflow,
@@ -314,6 +327,13 @@ def _execute(
         # take it over, and the heartbeat's connection could not renew it either.
         heartbeat.hold(lease)
     try:
+        if signals.workflow_started.receivers:
+            signals.send(
+                signals.workflow_started,
+                workflow=workflow,
+                name=workflow.name,
+                attempt=workflow.attempts,
+            )
         try:
             value = definition.func(workflow, *args, **kwargs)
             text = codec.dump(
@@ -360,6 +380,8 @@ def _execute(
         workflow.status = WorkflowStatus.SUCCESS
         workflow.result = codec.loads(text)
         workflow.error = None
+        if signals.workflow_finished.receivers:
+            _finished(workflow)
         return workflow.result
     finally:
         current.reset(running)
@@ -394,10 +416,24 @@ def _fail(run: Run, exc: BaseException) -> None:
     run.workflow.status = WorkflowStatus.ERROR
     run.workflow.error = error_info(exc, step)
     _end(run, WorkflowStatus.ERROR, error=error_text(exc, step), failed_step=step, cause=exc)
+    if signals.workflow_finished.receivers:
+        _finished(run.workflow, exc)
     if isinstance(exc, WorkflowTimedOut):
         from .operations import cancel_children
 
         cancel_children(run.workflow.id)
+
+
+def _finished(workflow: Workflow, exc: BaseException | None = None) -> None:
+    signals.send(
+        signals.workflow_finished,
+        workflow_id=workflow.id,
+        name=workflow.name,
+        status=workflow.status,
+        result=workflow.result if workflow.status == WorkflowStatus.SUCCESS else None,
+        error=workflow.error,
+        exception=exc,
+    )
 
 
 def _end(

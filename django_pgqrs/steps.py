@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from django.db import InterfaceError, OperationalError, connections, transaction
 from django.utils import timezone
 
-from . import clock, codec, failures
+from . import clock, codec, failures, signals
 from .conf import conf
 from .exceptions import (
     LeaseLost,
@@ -270,6 +270,8 @@ def _run_body(
                 raise run.lost_error() from exc
             run.position = position
             run.errors[id(exc)] = (exc, step_id)
+            if signals.step_finished.receivers:
+                _finished(run, step_id, attempts, started, failures.error_info(exc, step_id))
             raise
         finally:
             run.step = None
@@ -278,7 +280,27 @@ def _run_body(
         ):
             return _adopt(run, step_id)
         run.position = position
+        if signals.step_finished.receivers:
+            _finished(run, step_id, attempts, started)
         return codec.loads(text)
+
+
+def _finished(
+    run: Run,
+    step_id: str,
+    attempts: int,
+    started: datetime.datetime,
+    error: dict[str, Any] | None = None,
+) -> None:
+    signals.send(
+        signals.step_finished,
+        workflow=run.workflow,
+        step_id=step_id,
+        status=StepStatus.SUCCESS if error is None else StepStatus.ERROR,
+        attempts=attempts,
+        duration=(timezone.now() - started).total_seconds(),
+        error=error,
+    )
 
 
 def _attempt(attempt: int, exc: BaseException) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from types import FrameType
 
 from django.db import DatabaseError, InterfaceError, connections, router
 
-from . import clock, operations, runtime
+from . import clock, operations, runtime, signals
 from .conf import conf
 from .exceptions import (
     LeaseLost,
@@ -52,7 +52,7 @@ from .exceptions import (
 from .lease import Lease, heartbeat, owner_name, process_owner
 from .listener import Listener, Wakeup
 from .models import Workflow, WorkflowStatus
-from .store import Store, store_for
+from .store import Reaped, Store, store_for
 
 logger = logging.getLogger("django_pgqrs.worker")
 
@@ -395,6 +395,8 @@ class Worker:
                     item.owner,
                 )
         self._count("recovered", len(reaped))
+        if signals.workflow_recovered.receivers or signals.workflow_finished.receivers:
+            _recovered(self.alias, reaped)
         return len(reaped)
 
     def _count(self, what: str, n: int = 1) -> None:
@@ -516,3 +518,28 @@ class Worker:
             with self._lock:
                 self._leases.pop(ident, None)
         return True
+
+
+def _recovered(alias: str, reaped: list[Reaped]) -> None:
+    """Send the signals of workflows taken back from dead owners (their update is committed)."""
+    for item in reaped:
+        if signals.workflow_recovered.receivers:
+            signals.send(
+                signals.workflow_recovered,
+                workflow_id=item.workflow_id,
+                name=item.name,
+                previous_owner=item.owner,
+                status=item.status,
+            )
+        if item.status == WorkflowStatus.ERROR and signals.workflow_finished.receivers:
+            saved = Workflow.objects.using(alias).filter(pk=item.workflow_id)
+            error = saved.values_list("error", flat=True)
+            signals.send(
+                signals.workflow_finished,
+                workflow_id=item.workflow_id,
+                name=item.name,
+                status=WorkflowStatus.ERROR,
+                result=None,
+                error=error.first(),
+                exception=None,
+            )

@@ -1,0 +1,62 @@
+"""Signals sent as workflows run: wire metrics, error reporting and alerts to them.
+
+Every signal is sent with ``sender=Workflow`` (the model class, as Django's model signals are)
+and keyword arguments only, once the write it describes is committed (inside a test case's
+transaction, right after the write). A receiver that raises is logged by Django (logger
+``django.dispatch``, with its traceback) and never breaks the workflow, the worker or the
+caller. With no receiver connected, a signal costs a step or a run one truth test.
+
+``workflow_started``
+    A process started a run of a workflow (its first, or a resume, a wake-up after a sleep or a
+    wait, a retry by a worker). Arguments: ``workflow`` (the ``Workflow``; its ``input`` is
+    loaded), ``name``, ``attempt`` (1 for the first run).
+
+``workflow_finished``
+    A workflow ended: ``status`` is ``SUCCESS``, ``ERROR`` or ``CANCELLED``. Arguments:
+    ``workflow_id``, ``name``, ``status``, ``result`` (the return value, on SUCCESS), ``error``
+    (on ERROR: a dict with ``type``, ``message``, ``traceback`` and ``step``, the step it failed
+    on), ``exception`` (the exception itself when the failure happened in this process, else
+    None). Sent by the process that ran it, by the worker that marked it ERROR after it killed
+    its workers too often, or by the process that cancelled it.
+
+``step_finished``
+    A step's checkpoint was saved: ``status`` ``SUCCESS`` or ``ERROR`` (after its retries).
+    Arguments: ``workflow`` (the ``Workflow``), ``step_id`` (``name``, or ``name#N`` for its Nth
+    call), ``status``, ``attempts`` (how many times its body ran, over all runs), ``duration``
+    (seconds, of its last attempt), ``error`` (a dict, on ERROR). Replayed steps send nothing.
+
+``workflow_recovered``
+    A workflow whose owner stopped renewing its lease (killed, crashed, hung, lost its network)
+    was taken over. Arguments: ``workflow_id``, ``name``, ``previous_owner`` (the process that
+    held it), ``status`` (``PENDING``: a worker's recovery gave it back to run again;
+    ``ERROR``: it reached ``MAX_RECOVERY_ATTEMPTS``; ``RUNNING``: ``resume()`` took it over to run
+    it in its own process).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+from django.dispatch import Signal
+
+__all__ = ["step_finished", "workflow_finished", "workflow_recovered", "workflow_started"]
+
+workflow_started = Signal()
+workflow_finished = Signal()
+step_finished = Signal()
+workflow_recovered = Signal()
+
+
+def send(signal: Signal, **kwargs: Any) -> None:
+    """Send ``signal`` now. Django logs what a receiver raises (logger ``django.dispatch``) and
+    goes on with the next. Callers test ``signal.receivers`` first, so that building the
+    arguments costs nothing unless someone listens."""
+    from .models import Workflow
+
+    signal.send_robust(sender=Workflow, **kwargs)
+
+
+def send_on_commit(signal: Signal, using: str, **kwargs: Any) -> None:
+    """Send ``signal`` once the current transaction on ``using`` commits (at once outside one)."""
+    transaction.on_commit(lambda: send(signal, **kwargs), using=using)
