@@ -90,57 +90,87 @@ class WorkflowFunction(Generic[P, R]):
         """``fn.create(...)`` for async code."""
         return await enqueue.acreate_workflow(self.name, *args, **kwargs)
 
-    def start(
-        self,
-        *args: Any,
-        idempotency_key: str | None = None,
-        queue: str = "default",
-        priority: int = 0,
-        run_at: datetime.datetime | datetime.timedelta | None = None,
-        timeout: float | datetime.timedelta | None = None,
-        **kwargs: Any,
-    ) -> WorkflowHandle:
-        """Save a workflow for a worker to run; see ``django_pgqrs.start_workflow``.
+    def start(self, *args: P.args, **kwargs: P.kwargs) -> WorkflowHandle[R]:
+        """Save a workflow for a worker to run; return a handle on it (see ``start_workflow``).
 
-        ``idempotency_key``, ``queue``, ``priority``, ``run_at`` and ``timeout`` are options of
-        the start, not arguments of the workflow. Called in a workflow's function, it starts a
+        Takes the workflow's arguments only, type-checked as ``run`` takes them; the options of
+        the start (idempotency key, queue, priority, run_at, timeout) go to ``using``:
+        ``fn.using(queue="email").start(...)``. Called in a workflow's function, it starts a
         child workflow, once (a replay returns the same handle).
         """
-        return enqueue.start_workflow(
-            self.name,
-            *args,
-            idempotency_key=idempotency_key,
-            queue=queue,
-            priority=priority,
-            run_at=run_at,
-            timeout=timeout,
-            **kwargs,
-        )
+        self._refuse_options(kwargs)
+        return enqueue.start(self.name, args, kwargs)
 
-    async def astart(
+    async def astart(self, *args: P.args, **kwargs: P.kwargs) -> WorkflowHandle[R]:
+        """``fn.start(...)`` for async code."""
+        self._refuse_options(kwargs)
+        return await sync_to_async(enqueue.start)(self.name, args, kwargs)
+
+    def using(
         self,
-        *args: Any,
+        *,
         idempotency_key: str | None = None,
         queue: str = "default",
         priority: int = 0,
         run_at: datetime.datetime | datetime.timedelta | None = None,
         timeout: float | datetime.timedelta | None = None,
-        **kwargs: Any,
-    ) -> WorkflowHandle:
-        """``fn.start(...)`` for async code."""
-        return await enqueue.astart_workflow(
-            self.name,
-            *args,
-            idempotency_key=idempotency_key,
-            queue=queue,
-            priority=priority,
-            run_at=run_at,
-            timeout=timeout,
-            **kwargs,
+    ) -> WorkflowStart[P, R]:
+        """The options of a start: ``fn.using(queue="email", priority=5).start(order_id)``.
+
+        A repeated ``idempotency_key`` returns the handle of the workflow saved with it, saving
+        nothing. Workers of ``queue`` run it; higher ``priority`` first. ``run_at`` (an aware
+        datetime, or a delay as a timedelta) defers it. ``timeout`` (seconds, or a timedelta,
+        from now) replaces the workflow's own.
+        """
+        return WorkflowStart(
+            self,
+            {
+                "idempotency_key": idempotency_key,
+                "queue": queue,
+                "priority": priority,
+                "run_at": run_at,
+                "timeout": timeout,
+            },
         )
+
+    def _refuse_options(self, kwargs: dict[str, Any]) -> None:
+        """An option passed to ``start`` (as before ``using`` existed) is named, not guessed:
+        a workflow may have an argument of that name."""
+        options = sorted(set(kwargs) & _OPTIONS - set(self.signature.parameters))
+        if options:
+            given = ", ".join(f"{name}=..." for name in options)
+            raise TypeError(
+                f"{self.name}.start() takes the workflow's arguments only; {given} is an "
+                f"option of the start: {self.name}.using({given}).start(...)."
+            )
 
     def __repr__(self) -> str:
         return f"<workflow {self.name}>"
+
+
+_OPTIONS = frozenset({"idempotency_key", "queue", "priority", "run_at", "timeout"})
+
+
+class WorkflowStart(Generic[P, R]):
+    """A workflow function with the options of a start, from ``fn.using(...)``."""
+
+    def __init__(self, definition: WorkflowFunction[P, R], options: dict[str, Any]) -> None:
+        self.definition = definition
+        self.options = options
+
+    def start(self, *args: P.args, **kwargs: P.kwargs) -> WorkflowHandle[R]:
+        """Save the workflow with these options; see ``WorkflowFunction.start``."""
+        return enqueue.start(self.definition.name, args, kwargs, **self.options)
+
+    async def astart(self, *args: P.args, **kwargs: P.kwargs) -> WorkflowHandle[R]:
+        """``start(...)`` for async code."""
+        return await sync_to_async(enqueue.start)(
+            self.definition.name, args, kwargs, **self.options
+        )
+
+    def __repr__(self) -> str:
+        options = ", ".join(f"{k}={v!r}" for k, v in self.options.items() if v is not None)
+        return f"<workflow {self.definition.name} using {options}>"
 
 
 class StepFunction(Generic[P, R]):

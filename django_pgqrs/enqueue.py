@@ -68,7 +68,7 @@ def start_workflow(
     run_at: datetime.datetime | datetime.timedelta | None = None,
     timeout: float | datetime.timedelta | None = None,
     **kwargs: Any,
-) -> WorkflowHandle:
+) -> WorkflowHandle[Any]:
     """Save a PENDING workflow for a worker to run, and return a handle on it.
 
     Inside ``transaction.atomic()`` the workflow is saved (and workers hear of it) only if the
@@ -79,6 +79,31 @@ def start_workflow(
     ``ctx.start_child``). Raise ``UnknownWorkflow``, ``TypeError`` for arguments that do not
     fit, ``WorkflowMismatch`` if the key belongs to a workflow of another name.
     """
+    return start(
+        name,
+        args,
+        kwargs,
+        idempotency_key=idempotency_key,
+        queue=queue,
+        priority=priority,
+        run_at=run_at,
+        timeout=timeout,
+    )
+
+
+def start(
+    name: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    idempotency_key: str | None = None,
+    queue: str = "default",
+    priority: int = 0,
+    run_at: datetime.datetime | datetime.timedelta | None = None,
+    timeout: float | datetime.timedelta | None = None,
+) -> WorkflowHandle[Any]:
+    """``start_workflow`` with the workflow's arguments apart from the options, so that a
+    workflow may take arguments named like them."""
     refuse_in_event_loop("start_workflow() (or fn.start())", "astart_workflow() (or fn.astart())")
     from . import primitives
     from .replay import running_here
@@ -201,7 +226,7 @@ async def astart_workflow(
     run_at: datetime.datetime | datetime.timedelta | None = None,
     timeout: float | datetime.timedelta | None = None,
     **kwargs: Any,
-) -> WorkflowHandle:
+) -> WorkflowHandle[Any]:
     """``start_workflow`` for async code."""
     start = functools.partial(
         start_workflow,

@@ -238,7 +238,7 @@ class WorkflowSuspended(PgqrsError):
 
 
 class WorkflowTimedOut(PgqrsError):
-    """A workflow went past its deadline (``@workflow(timeout=...)``, ``start(timeout=...)``).
+    """A workflow went past its deadline (``@workflow(timeout=...)``, ``fn.using(timeout=...)``).
 
     Raised at its next step, sleep or wait; the workflow is saved as ERROR with it.
     """

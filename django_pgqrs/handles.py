@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, cast
 
 from asgiref.sync import sync_to_async
 
@@ -15,9 +15,23 @@ from .replay import running_here
 
 FINISHED = (WorkflowStatus.SUCCESS, WorkflowStatus.ERROR, WorkflowStatus.CANCELLED)
 
+if TYPE_CHECKING:
+    from typing_extensions import TypeVar
 
-class WorkflowHandle:
-    """A workflow saved for a worker to run, returned by ``fn.start()``."""
+    # A handle built from an id alone (``WorkflowHandle(42)``) does not know its result's type.
+    R = TypeVar("R", default=Any)
+else:
+    from typing import TypeVar
+
+    R = TypeVar("R")
+
+
+class WorkflowHandle(Generic[R]):
+    """A workflow saved for a worker to run, returned by ``fn.start()``.
+
+    Generic in the workflow's result: ``handle.result()`` of ``fn.start(...)`` is typed as
+    ``fn`` returns. ``WorkflowHandle(workflow_id)`` is a handle on any saved workflow.
+    """
 
     def __init__(self, workflow_id: int, using: str = "default") -> None:
         self.id = workflow_id
@@ -70,7 +84,7 @@ class WorkflowHandle:
             raise WorkflowNotFound(self.id)
         return tuple(row)
 
-    def result(self, timeout: float | None = None, poll: float = 0.05) -> Any:
+    def result(self, timeout: float | None = None, poll: float = 0.05) -> R:
         """Wait for the workflow to finish and return its result.
 
         Raise ``WorkflowFailed`` (with the saved ``error``) if it ended in ERROR,
@@ -85,25 +99,25 @@ class WorkflowHandle:
             # In a workflow's function: a durable wait (the workflow suspends until it ends).
             from .primitives import wait_all
 
-            return wait_all(run, [self])[0]
+            return wait_all(run, [self])[0]  # type: ignore[no-any-return]
         refuse_in_event_loop("handle.result()", "handle.aresult()")
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = poll
         while True:
             done, value = self._outcome(deadline, timeout)
             if done:
-                return value
+                return cast(R, value)
             time.sleep(_pause(delay, deadline))
             delay = min(delay * 2, 1.0)
 
-    async def aresult(self, timeout: float | None = None, poll: float = 0.05) -> Any:
+    async def aresult(self, timeout: float | None = None, poll: float = 0.05) -> R:
         """``result()`` for async code: waits without blocking the event loop."""
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = poll
         while True:
             done, value = await sync_to_async(self._outcome)(deadline, timeout)
             if done:
-                return value
+                return cast(R, value)
             await asyncio.sleep(_pause(delay, deadline))
             delay = min(delay * 2, 1.0)
 

@@ -171,7 +171,7 @@ def parent_holding(ctx: Workflow) -> list[Any]:
 @workflow
 def shares_a_child(ctx: Workflow, key: str) -> Any:
     """Starts a child with an idempotency key: a second parent gets the first one's child."""
-    return add_two.start(1, idempotency_key=key).result()
+    return add_two.using(idempotency_key=key).start(1).result()
 
 
 @workflow

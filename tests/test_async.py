@@ -107,7 +107,7 @@ def test_the_async_twins_create_start_wait_and_resume():
             await failing.aresult(timeout=1)
         with pytest.raises(WorkflowTimeout):
             later = datetime.timedelta(hours=1)
-            await (await workflows.add_three.astart(3, run_at=later)).aresult(timeout=0.1)
+            await (await workflows.add_three.using(run_at=later).astart(3)).aresult(timeout=0.1)
         return (
             await handle.aresult(timeout=1),
             await aresume(ctx.id),

@@ -240,7 +240,7 @@ def test_a_workflow_past_its_timeout_ends_as_error_at_its_next_wait():
 
 
 def test_a_timeout_given_at_the_start_overrides_the_workflows_own():
-    handle = pw.slow_steps.start(1, timeout=3600)
+    handle = pw.slow_steps.using(timeout=3600).start(1)
     drain()
     advance(601)
     assert drain()[0].status == "SUCCESS"

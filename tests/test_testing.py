@@ -17,7 +17,7 @@ pytestmark = pytest.mark.django_db  # inside the test's transaction, as most tes
 def test_drain_runs_started_workflows_in_the_tests_transaction():
     ok = workflows.add_three.start(1)
     failing = workflows.failing.start("card declined")
-    other = workflows.add_three.start(10, queue="reports")
+    other = workflows.add_three.using(queue="reports").start(10)
     drained = drain()
     by_id = {item.id: item for item in drained}
     assert (by_id[ok.id].status, by_id[ok.id].result) == ("SUCCESS", 4)
@@ -29,7 +29,10 @@ def test_drain_runs_started_workflows_in_the_tests_transaction():
 
 
 def test_drain_takes_only_the_queues_named():
-    default, reports = workflows.add_three.start(1), workflows.add_three.start(2, queue="reports")
+    default, reports = (
+        workflows.add_three.start(1),
+        workflows.add_three.using(queue="reports").start(2),
+    )
     assert [item.id for item in drain(["reports"])] == [reports.id]
     assert default.status() == "PENDING"
 

@@ -127,7 +127,7 @@ def test_a_delay_given_inside_a_transaction_counts_from_the_save_not_from_its_st
         Group.objects.create(name="first write")  # the transaction starts here
         time.sleep(1.0)
         saved_at = timezone.now()
-        handle = workflows.add_three.start(1, run_at=datetime.timedelta(seconds=3))
+        handle = workflows.add_three.using(run_at=datetime.timedelta(seconds=3)).start(1)
     due = handle.workflow().run_at
     assert due >= saved_at + datetime.timedelta(seconds=2.9)
 
@@ -135,7 +135,7 @@ def test_a_delay_given_inside_a_transaction_counts_from_the_save_not_from_its_st
 @pytest.mark.django_db(transaction=True)
 def test_a_due_time_is_kept_as_given():
     when = timezone.now() + datetime.timedelta(days=2, microseconds=7)
-    assert workflows.add_three.start(1, run_at=when).workflow().run_at == when
+    assert workflows.add_three.using(run_at=when).start(1).workflow().run_at == when
 
 
 # --- Atomic steps inside steps ------------------------------------------------------------------

@@ -65,7 +65,7 @@ def lease_expired(workflow_id: int) -> bool:
 
 
 def test_start_saves_a_pending_workflow_and_returns_a_handle():
-    handle = worker_three.start(1, queue="reports", priority=5)
+    handle = worker_three.using(queue="reports", priority=5).start(1)
     saved = handle.workflow()
     assert handle.id == saved.id and handle.status() == "PENDING"
     assert (saved.name, saved.queue, saved.priority) == ("worker_three", "reports", 5)
@@ -82,8 +82,8 @@ def test_enqueueing_in_a_rolled_back_transaction_saves_nothing():
 
 
 def test_a_repeated_idempotency_key_returns_the_existing_workflow():
-    first = worker_three.start(1, idempotency_key="order-1")
-    again = worker_three.start(2, idempotency_key="order-1")
+    first = worker_three.using(idempotency_key="order-1").start(1)
+    again = worker_three.using(idempotency_key="order-1").start(2)
     assert again == first
     assert Workflow.objects.count() == 1
     with pytest.raises(WorkflowMismatch, match="order-1"):
@@ -103,7 +103,7 @@ def test_a_worker_runs_started_workflows_and_logs_each(processes):
 
 def test_result_raises_the_workflows_error_or_times_out(processes):
     failing = worker_failing.start("no such order")
-    waiting = worker_three.start(1, run_at=datetime.timedelta(hours=1))
+    waiting = worker_three.using(run_at=datetime.timedelta(hours=1)).start(1)
     assert processes.run("pgqrs_worker", "--burst").returncode == 0
     with pytest.raises(WorkflowFailed, match="ValueError: no such order") as caught:
         failing.result(timeout=5)
@@ -113,9 +113,9 @@ def test_result_raises_the_workflows_error_or_times_out(processes):
 
 
 def test_workers_take_higher_priority_first_then_older():
-    low = worker_three.start(1, priority=0)
-    high = worker_three.start(2, priority=10)
-    later = worker_three.start(3, priority=10)
+    low = worker_three.using(priority=0).start(1)
+    high = worker_three.using(priority=10).start(2)
+    later = worker_three.using(priority=10).start(3)
     Worker(burst=True).run()
     started = list(
         Workflow.objects.order_by("steps__started_at").values_list("id", flat=True).distinct()
@@ -125,7 +125,7 @@ def test_workers_take_higher_priority_first_then_older():
 
 
 def test_a_workflow_due_later_waits_for_its_time():
-    handle = worker_three.start(1, run_at=timezone.now() + datetime.timedelta(hours=1))
+    handle = worker_three.using(run_at=timezone.now() + datetime.timedelta(hours=1)).start(1)
     Worker(burst=True).run()
     assert handle.status() == "PENDING"
     Workflow.objects.filter(pk=handle.id).update(run_at=timezone.now())
@@ -134,7 +134,7 @@ def test_a_workflow_due_later_waits_for_its_time():
 
 
 def test_a_worker_runs_only_its_queues():
-    email = worker_three.start(1, queue="email")
+    email = worker_three.using(queue="email").start(1)
     other = worker_three.start(2)
     Worker(queues=["email"], burst=True).run()
     assert (email.status(), other.status()) == ("SUCCESS", "PENDING")
@@ -457,3 +457,17 @@ def test_starting_a_workflow_that_workers_cannot_know_warns_once(caplog):
         assert "tests.test_worker" in warnings[0]
     finally:
         registry.unregister("defined_in_a_shell")
+
+
+def test_options_of_a_start_go_to_using_and_a_start_takes_arguments_only():
+    with pytest.raises(TypeError, match=r"worker_three.using\(queue=...\).start\(...\)"):
+        worker_three.start(1, queue="email")
+    assert Workflow.objects.count() == 0
+    from tests.workflows import prioritised
+
+    # A workflow whose own arguments are named like options gets them as arguments.
+    handle = prioritised.using(priority=3).start(priority=7, queue="q")
+    saved = handle.workflow()
+    assert (saved.priority, saved.queue) == (3, "default")
+    Worker(burst=True).run()
+    assert handle.result(timeout=1) == [7, "q"]

@@ -289,3 +289,9 @@ from tests import (  # noqa: E402 - registers the workflows of the other tests' 
     fault_workflows,  # noqa: F401
     primitive_workflows,  # noqa: F401
 )
+
+
+@workflow
+def prioritised(ctx: Workflow, priority: int, queue: str = "none") -> list[Any]:
+    """Takes arguments named like options of a start."""
+    return [priority, queue]
