@@ -52,11 +52,22 @@ def unregister(name: str) -> None:
 
 
 def get_workflow(name: str) -> WorkflowFunction[..., Any]:
-    """Return the workflow function registered under ``name``; raise ``UnknownWorkflow``."""
+    """Return the workflow function registered under ``name``; raise ``UnknownWorkflow``.
+
+    Workflows of ``django.tasks`` tasks (``task:<module path>``) are not registered: the task's
+    module is imported when one is first needed (see ``django_pgqrs.tasks``).
+    """
     try:
         return _workflows[name]
     except KeyError:
-        raise UnknownWorkflow(name) from None
+        pass
+    if name.startswith("task:"):
+        try:
+            from .tasks import resolve
+        except ImportError as exc:
+            raise UnknownWorkflow(name) from exc
+        return resolve(name)
+    raise UnknownWorkflow(name)
 
 
 def is_registered(name: str) -> bool:

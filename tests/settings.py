@@ -9,6 +9,8 @@ import os
 import tempfile
 from pathlib import Path
 
+import django
+
 from testproject import settings as demo_settings
 
 SECRET_KEY = "tests"
@@ -70,6 +72,15 @@ elif DB == "postgres":
     DATABASES["other"] = {**DATABASES["default"], "NAME": DATABASES["default"]["NAME"] + "_other"}
 else:
     raise ValueError(f"PGQRS_TEST_DB must be postgres or sqlite, not {DB!r}")
+
+if django.VERSION >= (6, 0):
+    # django.tasks, run as durable workflows (tests/test_tasks.py).
+    TASKS = {
+        "default": {
+            "BACKEND": "django_pgqrs.tasks.PgqrsBackend",
+            "QUEUES": ["default", "emails"],
+        }
+    }
 
 PGQRS = {
     "LEASE_SECONDS": float(os.environ.get("PGQRS_TEST_LEASE_SECONDS", 30)),

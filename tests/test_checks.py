@@ -5,6 +5,7 @@ from __future__ import annotations
 from io import StringIO
 from typing import Any
 
+import django
 import pytest
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
@@ -121,3 +122,15 @@ def test_sqlite_without_immediate_transactions_gets_a_warning():
     immediate = {**sqlite, "OPTIONS": {"transaction_mode": "IMMEDIATE", "timeout": 20}}
     assert sqlite_locking("default", immediate) == []
     assert sqlite_locking("default", {"ENGINE": "django.db.backends.postgresql"}) == []
+
+
+@pytest.mark.skipif(django.VERSION >= (6, 0), reason="django.tasks exists from Django 6.0")
+def test_the_tasks_backend_says_it_needs_django_6():
+    import importlib
+    import sys
+
+    from django.core.exceptions import ImproperlyConfigured
+
+    sys.modules.pop("django_pgqrs.tasks", None)
+    with pytest.raises(ImproperlyConfigured, match=r"Django 6\.0.*this is Django 5\.2"):
+        importlib.import_module("django_pgqrs.tasks")

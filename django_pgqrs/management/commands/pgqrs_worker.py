@@ -6,6 +6,7 @@ import logging
 import sys
 from typing import Any
 
+import django
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from django_pgqrs.exceptions import WorkflowInTransaction
@@ -59,6 +60,10 @@ class Command(BaseCommand):
         if concurrency < 1:
             raise CommandError("--concurrency must be at least 1.")
         self._log_to_stderr(verbosity)
+        if django.VERSION >= (6, 0):
+            from django_pgqrs.tasks import check_worker_queues
+
+            check_worker_queues(names)
         try:
             summary = Worker(names, concurrency, burst, grace_seconds, database).run()
         except WorkflowInTransaction as exc:
