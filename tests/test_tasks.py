@@ -340,3 +340,16 @@ def test_a_worker_says_which_task_queues_it_does_not_run(processes):
     assert "WARNING" not in some.stderr
     every = processes.run("pgqrs_worker", "--burst", "--queues", "default,emails")
     assert "Tasks of" not in every.stderr
+
+
+def test_a_cancellation_is_signalled_as_a_failed_task(received):
+    result = tasks.add.enqueue(1, 2)
+    cancel_workflow(int(result.id))
+    assert received[-1] == ("finished", TaskResultStatus.FAILED, result.id)
+
+
+def test_every_process_of_a_project_using_the_backend_hears_its_signals(processes):
+    # Not only the processes that enqueued or ran a task: the backend's receivers are
+    # connected when Django starts.
+    shown = processes.run("shell", "-c", "import sys; print('django_pgqrs.tasks' in sys.modules)")
+    assert shown.stdout.strip().splitlines()[-1] == "True", shown.stderr
