@@ -263,6 +263,7 @@ def test_show_as_json_gives_relations_lease_and_steps_in_position_order():
         "attempts",
         "recovery_attempts",
         "created_at",
+        "started_at",
         "updated_at",
         "run_at",
         "deadline_at",
@@ -274,6 +275,7 @@ def test_show_as_json_gives_relations_lease_and_steps_in_position_order():
         "error",
         "input",
         "result",
+        "runs",
         "children",
         "forks",
         "steps",
@@ -682,3 +684,25 @@ def test_help_exits_zero(processes):
     assert "Delete finished workflows last updated before a cutoff" in " ".join(
         helped.stdout.split()
     )
+
+
+@pytest.mark.django_db
+def test_show_lists_the_runs_with_the_error_of_a_failure_that_was_resumed():
+    from django_pgqrs import resume
+
+    workflows.failures.append(ValueError("card declined"))
+    with pytest.raises(ValueError):
+        workflows.one_flaky.run(1)
+    workflow_id = Workflow.objects.get().id
+    resume(workflow_id)
+    text = command("pgqrs_show", str(workflow_id))
+    assert "Runs (2):" in text
+    runs = text.split("Runs (2):")[1]
+    assert "ERROR" in runs and "ValueError: card declined" in runs
+    assert "SUCCESS" in runs
+    data = json.loads(command("pgqrs_show", str(workflow_id), "--json"))
+    first, second = data["runs"]
+    assert (first["attempt"], first["outcome"]) == (1, "ERROR")
+    assert first["error"] == {"type": "ValueError", "message": "card declined", "step": "flaky"}
+    assert (second["outcome"], second["error"]) == ("SUCCESS", None)
+    assert data["started_at"] is not None

@@ -20,7 +20,8 @@ MOST_CHILDREN = 20
 class Command(BaseCommand):
     help = (
         "Show a workflow: status, input, result or error with its traceback, lease, times, "
-        "parent, children and forks; then its steps in call order with their status, "
+        "parent, children and forks; the runs that ended (attempt, outcome, worker, error); "
+        "then its steps in call order with their status, "
         "attempts, duration and error."
     )
 
@@ -56,6 +57,7 @@ class Command(BaseCommand):
             ("queue", f"{data['queue']} (priority {data['priority']})"),
             ("attempts", f"{data['attempts']} ({data['recovery_attempts']} after a lost owner)"),
             ("created", cli.local(data["created_at"])),
+            ("started", cli.local(data["started_at"])),
             ("updated", cli.local(data["updated_at"])),
             ("run at", cli.local(data["run_at"])),
             ("deadline", cli.local(data["deadline_at"])),
@@ -76,6 +78,20 @@ class Command(BaseCommand):
             lines += ["", f"Error{where}: {cli.error_line(error)}"]
             if error.get("traceback"):
                 lines.append(_indent(error["traceback"].rstrip()))
+        if data["runs"]:
+            rows = [
+                (
+                    str(run["attempt"]),
+                    str(run["outcome"]),
+                    str(run["worker"] or "-"),
+                    cli.local(run["ended_at"]),
+                    cli.clip(cli.error_line(run["error"]), 80),
+                )
+                for run in data["runs"]
+            ]
+            lines += ["", f"Runs ({len(data['runs'])}):"]
+            headers = ("ATTEMPT", "OUTCOME", "WORKER", "ENDED", "ERROR")
+            lines.append(_indent(cli.table(headers, rows)))
         if data["status"] == "SUCCESS" or data["result"] is not None:
             lines += ["", "Result:", _indent(cli.dumps(data["result"]))]
         lines += ["", f"Steps ({len(data['steps'])}):"]
@@ -119,6 +135,7 @@ def describe(workflow_id: int) -> dict[str, Any] | None:
             "attempts",
             "recovery_attempts",
             "created_at",
+            "started_at",
             "updated_at",
             "run_at",
             "deadline_at",
@@ -130,6 +147,7 @@ def describe(workflow_id: int) -> dict[str, Any] | None:
             "input_text",
             "result_text",
             "error",
+            "history",
         )
         .first()
     )
@@ -139,6 +157,22 @@ def describe(workflow_id: int) -> dict[str, Any] | None:
     data["input"] = _loads(data.pop("input_text"))
     data["result"] = _loads(data.pop("result_text"))
     data["error"] = _error(row["error"])
+    # The runs that ended, oldest first; a failure's error without its traceback (see "error").
+    data["runs"] = [
+        {
+            "attempt": entry.get("attempt"),
+            "outcome": entry.get("outcome"),
+            "worker": entry.get("worker"),
+            "ended_at": entry.get("ended_at"),
+            "error": {
+                key: value
+                for key, value in (_error(entry.get("error")) or {}).items()
+                if key != "traceback"
+            }
+            or None,
+        }
+        for entry in Workflow(history=data.pop("history")).attempt_history
+    ]
     related = Workflow.objects.using(alias).order_by("id")
     data["children"] = list(related.filter(parent_id=workflow_id).values("id", "name", "status"))
     data["forks"] = list(related.filter(forked_from_id=workflow_id).values_list("id", flat=True))
