@@ -156,6 +156,35 @@ def insert_workflow(
 ) -> int:
     """Save a PENDING workflow for workers (they hear of it when the transaction commits);
     return its id, or that of the workflow already saved with ``idempotency_key``."""
+    return insert_or_find(
+        store,
+        definition,
+        args,
+        kwargs,
+        idempotency_key=idempotency_key,
+        queue=queue,
+        priority=priority,
+        run_at=run_at,
+        deadline_at=deadline_at,
+        parent_id=parent_id,
+    )[0]
+
+
+def insert_or_find(
+    store: Store,
+    definition: WorkflowFunction[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    idempotency_key: str | None,
+    queue: str,
+    priority: int,
+    run_at: datetime.datetime | datetime.timedelta | None,
+    deadline_at: datetime.datetime | None,
+    parent_id: int | None = None,
+) -> tuple[int, bool]:
+    """``insert_workflow``, saying also whether it saved a new workflow (True) or found the
+    one saved with ``idempotency_key`` (False)."""
     name = definition.name
     arguments(definition, args, kwargs)
     if not isinstance(queue, str) or not 0 < len(queue) <= 64:
@@ -189,14 +218,14 @@ def insert_workflow(
         notify=delay <= 0 and (due is None or due <= timezone.now()),
     )
     if inserted is not None:
-        return inserted[0]
+        return inserted[0], True
     existing = Workflow.objects.using(store.alias).get(idempotency_key=idempotency_key)
     if existing.name != name:
         raise WorkflowMismatch(
             f"The idempotency key {idempotency_key!r} belongs to workflow {existing.id}, a "
             f"{existing.name!r} workflow, not {name!r}."
         )
-    return existing.id
+    return existing.id, False
 
 
 def deadline_for(

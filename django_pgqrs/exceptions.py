@@ -16,8 +16,11 @@ class PgqrsError(Exception):
 class UnknownWorkflow(PgqrsError, LookupError):
     """No ``@workflow`` function is registered under a name."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, reason: str | None = None) -> None:
         self.name = name
+        if reason is not None:  # a task's workflow: its task is not there any more
+            super().__init__(f"No workflow named {name!r}: {reason}")
+            return
         super().__init__(
             f"No workflow named {name!r} is registered. Define it with @workflow in a "
             f"'workflows' module of an installed app (or pass @workflow(name={name!r})), "

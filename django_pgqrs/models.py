@@ -197,10 +197,13 @@ class Workflow(models.Model):
         """The runs of this workflow that ended, oldest first, each a dict with ``attempt``
         (its number), ``worker`` (the process that ran it), ``ended_at`` (an aware datetime),
         ``outcome`` (``SUCCESS``, ``ERROR``, ``CANCELLED``, ``SLEEPING`` when it suspended,
-        ``PENDING`` when it was given back, ``LOST`` when its owner stopped renewing its lease)
-        and, for a failure, ``error``: the failure as the ``error`` column held it then."""
+        ``PENDING`` when it was given back, ``LOST`` when its owner stopped renewing its lease,
+        with ``taken_over_by`` when a ``resume()`` took it over) and, for a failure, ``error``:
+        the failure as the ``error`` column held it then."""
         entries = []
-        for entry in self.history or []:
+        for entry in self.history if isinstance(self.history, list) else []:
+            if not isinstance(entry, dict):
+                continue  # not the engine's: edited by hand, say
             entry = dict(entry)
             ended = entry.get("ended_at")
             if isinstance(ended, str):
@@ -215,7 +218,7 @@ class Workflow(models.Model):
     def worker_ids(self) -> list[str]:
         """The workers that ran this workflow, one per run, oldest first; the current owner last
         while it runs."""
-        workers = [entry["worker"] for entry in self.history or [] if entry.get("worker")]
+        workers = [entry["worker"] for entry in self.attempt_history if entry.get("worker")]
         if self.status == WorkflowStatus.RUNNING and self.lease_owner:
             workers.append(self.lease_owner)
         return workers

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Iterable
+from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
@@ -53,24 +55,36 @@ def cancel(workflow_ids: Iterable[int]) -> list[int]:
     """
     alias = workflows_alias()
     cancelled: list[int] = []
+    # The workflows that had not ended (an ERROR one had: it is not sent as finished again).
+    ended_now: dict[int, str] = {}
     with transaction.atomic(using=alias):
         layer = list(workflow_ids)
         while layer:
-            ids = list(
+            rows = list(
                 Workflow.objects.using(alias)
                 .select_for_update()
                 .filter(pk__in=layer)
                 .exclude(pk__in=cancelled)
                 .exclude(status__in=[WorkflowStatus.SUCCESS, WorkflowStatus.CANCELLED])
-                .values_list("pk", flat=True)
+                .values_list("pk", "name", "status", "attempts", "lease_owner", "history")
             )
+            ids = [row[0] for row in rows]
+            now = timezone.now()
             Workflow.objects.using(alias).filter(pk__in=ids).update(
                 status=WorkflowStatus.CANCELLED,
-                updated_at=timezone.now(),
+                updated_at=now,
                 lease_owner=None,
                 lease_token=None,
                 lease_expires_at=None,
             )
+            for pk, name, status, attempts, owner, history in rows:
+                if status != WorkflowStatus.ERROR:
+                    ended_now[pk] = name
+                if status == WorkflowStatus.RUNNING:
+                    # Its run ends here, as far as the workflow is concerned: in its history.
+                    Workflow.objects.using(alias).filter(pk=pk).update(
+                        history=_appended(history, attempts, owner, now, "CANCELLED")
+                    )
             cancelled += ids
             layer = list(
                 Workflow.objects.using(alias)
@@ -78,22 +92,30 @@ def cancel(workflow_ids: Iterable[int]) -> list[int]:
                 .values_list("pk", flat=True)
             )
         wake_parents(alias, cancelled)
-        if signals.workflow_finished.receivers and cancelled:
-            names = dict(
-                Workflow.objects.using(alias).filter(pk__in=cancelled).values_list("pk", "name")
-            )
-            for workflow_id in cancelled:
+        if signals.workflow_finished.receivers:
+            for workflow_id, name in ended_now.items():
                 signals.send_on_commit(
                     signals.workflow_finished,
                     alias,
                     workflow_id=workflow_id,
-                    name=names.get(workflow_id, ""),
+                    name=name,
                     status=WorkflowStatus.CANCELLED,
                     result=None,
                     error=None,
                     exception=None,
                 )
     return cancelled
+
+
+def _appended(
+    history: Any, attempts: int, owner: str | None, now: datetime.datetime, outcome: str
+) -> list[Any]:
+    """``history`` with one more entry, as the engine's statements append them."""
+    from .statements import HISTORY_LIMIT
+
+    entries = list(history) if isinstance(history, list) else []
+    entry = {"attempt": attempts, "worker": owner, "ended_at": now.isoformat(), "outcome": outcome}
+    return [*entries, entry][-HISTORY_LIMIT:]
 
 
 def cancel_children(workflow_id: int) -> list[int]:

@@ -14,6 +14,9 @@ if TYPE_CHECKING:
     from .decorators import WorkflowFunction
 
 _workflows: dict[str, WorkflowFunction[..., Any]] = {}
+# Names of the workflows of django.tasks tasks (``task:<module path>``, ``task@<backend
+# alias>:<module path>``): resolved by importing the task, not registered.
+TASK_PREFIXES = ("task:", "task@")
 # Names registered after Django started: from a module no installed app's `workflows` module
 # imports, so other processes (workers) do not know them.
 _late: set[str] = set()
@@ -61,11 +64,11 @@ def get_workflow(name: str) -> WorkflowFunction[..., Any]:
         return _workflows[name]
     except KeyError:
         pass
-    if name.startswith("task:"):
+    if name.startswith(TASK_PREFIXES):
         try:
             from .tasks import resolve
-        except ImportError as exc:
-            raise UnknownWorkflow(name) from exc
+        except Exception as exc:  # Django < 6.0 (a row from a newer deploy), a broken setting
+            raise UnknownWorkflow(name, f"django_pgqrs.tasks cannot be imported: {exc}") from exc
         return resolve(name)
     raise UnknownWorkflow(name)
 

@@ -118,9 +118,7 @@ def run_workflow(
     if claimed is None:
         return _unclaimable(workflow, store)
     lease.confirm(sent, conf.LEASE_SECONDS)
-    if claimed.recovery_attempts > workflow.recovery_attempts and (
-        signals.workflow_recovered.receivers
-    ):
+    if claimed.took_over and signals.workflow_recovered.receivers:
         # Taken over here from an owner whose lease had expired (resume() after a crash).
         signals.send(
             signals.workflow_recovered,
@@ -327,14 +325,16 @@ def _execute(
         # take it over, and the heartbeat's connection could not renew it either.
         heartbeat.hold(lease)
     try:
-        if signals.workflow_started.receivers:
-            signals.send(
-                signals.workflow_started,
-                workflow=workflow,
-                name=workflow.name,
-                attempt=workflow.attempts,
-            )
         try:
+            if signals.workflow_started.receivers:
+                # In here: what a receiver raises that Django does not catch (Ctrl-C) is
+                # handled as if the workflow's function had raised it.
+                signals.send(
+                    signals.workflow_started,
+                    workflow=workflow,
+                    name=workflow.name,
+                    attempt=workflow.attempts,
+                )
             value = definition.func(workflow, *args, **kwargs)
             text = codec.dump(
                 value, f"result of workflow {definition.name!r}", conf.MAX_PAYLOAD_BYTES

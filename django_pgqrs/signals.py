@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import transaction
+from django.db import connections, transaction
 from django.dispatch import Signal
 
 __all__ = ["step_finished", "workflow_finished", "workflow_recovered", "workflow_started"]
@@ -51,10 +51,36 @@ workflow_recovered = Signal()
 def send(signal: Signal, **kwargs: Any) -> None:
     """Send ``signal`` now. Django logs what a receiver raises (logger ``django.dispatch``) and
     goes on with the next. Callers test ``signal.receivers`` first, so that building the
-    arguments costs nothing unless someone listens."""
-    from .models import Workflow
+    arguments costs nothing unless someone listens.
 
-    signal.send_robust(sender=Workflow, **kwargs)
+    Receivers run outside the workflow's run: a workflow they start is a workflow of its own,
+    not a child of the one that sent the signal (a replay, which sends no signal, would not
+    find it). Inside a test case's transaction they run in a savepoint, rolled back if one of
+    them raised, so that a failed query of theirs does not break the run's transaction.
+    """
+    from .models import Workflow
+    from .replay import current
+    from .store import workflows_alias
+
+    outside = current.set(None)
+    try:
+        alias = workflows_alias()
+        if not connections[alias].in_atomic_block:
+            signal.send_robust(sender=Workflow, **kwargs)
+            return
+        try:
+            with transaction.atomic(using=alias):
+                responses = signal.send_robust(sender=Workflow, **kwargs)
+                if any(isinstance(response, Exception) for _, response in responses):
+                    raise _ReceiverFailed
+        except _ReceiverFailed:
+            pass
+    finally:
+        current.reset(outside)
+
+
+class _ReceiverFailed(Exception):
+    """Internal: roll back the savepoint of receivers of which one raised."""
 
 
 def send_on_commit(signal: Signal, using: str, **kwargs: Any) -> None:

@@ -75,36 +75,52 @@ DIALECT = {
 HISTORY_LIMIT = 50
 
 
-def _history(vendor: str, outcome: str, error: str) -> str:
-    """The ``history = ...`` assignment appending one entry; ``outcome`` and ``error`` are SQL."""
+def _appended(vendor: str, outcome: str, error: str, extra: str = "") -> str:
+    """The history with one more entry; ``outcome``, ``error`` and ``extra`` (more keys and
+    values, each a pair of SQL expressions after a comma) are SQL. A history that is not a
+    list (edited by hand, restored from elsewhere) starts again rather than fail the write."""
     t = "pgqrs_workflows"  # qualified: the reaper's UPDATE joins a list with an owner column
     if vendor == "postgresql":
-        return f"""history = (CASE WHEN jsonb_array_length(COALESCE(history, '[]'::jsonb))
-                          >= {HISTORY_LIMIT} THEN history - 0
-                     ELSE COALESCE(history, '[]'::jsonb) END)
+        return f"""(CASE WHEN jsonb_typeof(history) IS DISTINCT FROM 'array' THEN '[]'::jsonb
+                 WHEN jsonb_array_length(history) >= {HISTORY_LIMIT} THEN history - 0
+                 ELSE history END)
         || jsonb_build_array(jsonb_build_object(
             'attempt', {t}.attempts, 'worker', {t}.lease_owner, 'ended_at', statement_timestamp(),
-            'outcome', {outcome})
+            'outcome', {outcome}{extra})
             || CASE WHEN {error} IS NULL THEN '{{}}'::jsonb
                     ELSE jsonb_build_object('error', {error}) END)"""
     entry = (
         f"json_object('attempt', {t}.attempts, 'worker', {t}.lease_owner, 'ended_at', %(now)s, "
-        f"'outcome', {outcome})"
+        f"'outcome', {outcome}{extra})"
     )
-    return f"""history = json_insert(
-        CASE WHEN json_array_length(COALESCE(history, '[]')) >= {HISTORY_LIMIT}
-             THEN json_remove(history, '$[0]') ELSE COALESCE(history, '[]') END,
+    return f"""json_insert(
+        CASE WHEN NOT json_valid(history) OR json_type(history) IS NOT 'array' THEN '[]'
+             WHEN json_array_length(history) >= {HISTORY_LIMIT} THEN json_remove(history, '$[0]')
+             ELSE history END,
         '$[#]',
         CASE WHEN {error} IS NULL THEN {entry}
              ELSE json_set({entry}, '$.error', json({error})) END)"""
 
 
 for _vendor, _words in DIALECT.items():
-    _json = _words["json"]
-    _words["log_end"] = _history(_vendor, f"%(status)s{_words['text']}", f"%(error)s{_json}")
-    _words["log_suspend"] = _history(_vendor, "'SLEEPING'", "NULL")
-    _words["log_release"] = _history(_vendor, "'PENDING'", f"%(error)s{_json}")
-    _words["log_reap"] = _history(_vendor, "'LOST'", "NULL")
+    _json, _text = _words["json"], _words["text"]
+    _words["log_end"] = "history = " + _appended(_vendor, f"%(status)s{_text}", f"%(error)s{_json}")
+    _words["log_suspend"] = "history = " + _appended(_vendor, "'SLEEPING'", "NULL")
+    _words["log_release"] = "history = " + _appended(_vendor, "'PENDING'", f"%(error)s{_json}")
+    _words["log_reap"] = "history = " + _appended(_vendor, "'LOST'", "NULL")
+    # A claim that takes a RUNNING workflow over (its owner's lease expired, or ``force``) ends
+    # that owner's run for it, and says so: ``took_over`` (see CLAIM).
+    _words["lost_here"] = _appended(
+        _vendor, "'LOST'", "NULL", f", 'taken_over_by', %(owner)s{_text}"
+    )
+    _words["took_over"] = (
+        "COALESCE(history->-1->>'taken_over_by' IS NOT NULL "
+        "AND (history->-1->>'attempt')::int = attempts - 1, false)"
+        if _vendor == "postgresql"
+        else "CASE WHEN json_valid(history) AND json_type(history) = 'array' THEN "
+        "coalesce(json_extract(history, '$[#-1].taken_over_by') IS NOT NULL "
+        "AND json_extract(history, '$[#-1].attempt') = attempts - 1, 0) ELSE 0 END"
+    )
 
 
 # A workflow is inserted RUNNING under the caller's lease (run it now, here) or PENDING (for
@@ -141,6 +157,8 @@ UPDATE pgqrs_workflows SET
     status = 'RUNNING', lease_owner = %(owner)s{text}, lease_token = %(token)s{uuid},
     lease_expires_at = {until}, updated_at = {now}, attempts = attempts + 1,
     started_at = COALESCE(started_at, {now}), attempted_at = {now},
+    history = CASE WHEN status = 'RUNNING' AND lease_token {distinct} %(previous)s{uuid}
+                   THEN {lost_here} ELSE history END,
     recovery_attempts = recovery_attempts
         + CASE WHEN status IN ('RUNNING', 'SLEEPING')
                     AND lease_token {distinct} %(previous)s{uuid} AND NOT %(force)s{bool}
@@ -152,7 +170,7 @@ WHERE workflow_id = %(id)s AND name = %(name)s AND (
         lease_expires_at IS NULL OR lease_expires_at < {now}
         OR lease_token = %(previous)s{uuid} OR %(force)s{bool})))
 RETURNING workflow_id, name, input, attempts, recovery_attempts, parent_id, deadline_at,
-    NULL AS run_at
+    NULL AS run_at, {took_over} AS took_over
 """
 
 # A worker takes the most urgent due workflow of its queues. SKIP LOCKED: workers never wait for
@@ -173,7 +191,7 @@ UPDATE pgqrs_workflows w SET
     attempted_at = statement_timestamp()
 FROM next WHERE w.workflow_id = next.workflow_id
 RETURNING w.workflow_id, w.name, w.input, w.attempts, w.recovery_attempts, w.parent_id,
-    w.deadline_at, w.run_at
+    w.deadline_at, w.run_at, false AS took_over
 """,
     "sqlite": """
 UPDATE pgqrs_workflows SET
@@ -186,7 +204,8 @@ WHERE workflow_id = (
         AND run_at <= {due}
     ORDER BY priority DESC, run_at, workflow_id
     LIMIT 1)
-RETURNING workflow_id, name, input, attempts, recovery_attempts, parent_id, deadline_at, run_at
+RETURNING workflow_id, name, input, attempts, recovery_attempts, parent_id, deadline_at, run_at,
+    0 AS took_over
 """,
 }
 
@@ -200,7 +219,8 @@ SELECT claimed.workflow_id, claimed.name, claimed.input::text, claimed.attempts,
     (SELECT json_agg(json_build_array(s.step_id, s.position, s.status, s.output::text,
                                       s.attempts, s.error, s.args_digest)
                      ORDER BY s.position)::text
-     FROM pgqrs_workflow_steps s WHERE s.workflow_id = claimed.workflow_id)
+     FROM pgqrs_workflow_steps s WHERE s.workflow_id = claimed.workflow_id),
+    claimed.took_over
 FROM claimed
 """
 

@@ -89,6 +89,9 @@ class Claimed:
     # The due time a worker claimed it at (a claim by id: None), by the database's clock.
     due: datetime.datetime | None
     steps: dict[str, SavedStep]
+    # The claim took the workflow over from an owner that was running it (lease expired, or
+    # force): a recovery.
+    took_over: bool = False
 
 
 @dataclass(frozen=True)
@@ -398,7 +401,10 @@ class Store:
         steps = {r[0]: SavedStep(r[1], r[2], r[3], r[4], r[5], r[6]) for r in saved}
         deadline = self._datetime(row[6]) if row[6] is not None else None
         due = self._datetime(row[7]) if row[7] is not None else None
-        return Claimed(row[0], row[1], row[2], row[3], row[4], row[5], deadline, due, steps)
+        took_over = bool(row[9] if self.vendor == "postgresql" else row[8])
+        return Claimed(
+            row[0], row[1], row[2], row[3], row[4], row[5], deadline, due, steps, took_over
+        )
 
     def checkpoint(
         self,

@@ -79,7 +79,9 @@ if django.VERSION >= (6, 0):
         "default": {
             "BACKEND": "django_pgqrs.tasks.PgqrsBackend",
             "QUEUES": ["default", "emails"],
-        }
+        },
+        # A second alias of the same backend, with a queue of its own.
+        "bulk": {"BACKEND": "django_pgqrs.tasks.PgqrsBackend", "QUEUES": ["bulk"]},
     }
 
 PGQRS = {

@@ -77,3 +77,37 @@ def checkout(order: str) -> list[str]:
     ctx = current_workflow()
     assert ctx is not None
     return [reserve(ctx, order), charge(ctx, order)]
+
+
+@task
+def follow_up(n: int) -> int:
+    return n
+
+
+@task
+def schedule_then_nap(n: int) -> int:
+    """Enqueues a deferred task, then waits durably: the replay after the wait must not
+    enqueue it again."""
+    import datetime
+
+    from django.utils import timezone
+
+    later = timezone.now() + datetime.timedelta(days=1)
+    result = follow_up.using(run_after=later).enqueue(n)
+    ctx = current_workflow()
+    assert ctx is not None
+    ctx.sleep(3600)
+    return int(result.id)
+
+
+@task(takes_context=True)
+def nap_then_count(context: TaskContext) -> int:
+    ctx = current_workflow()
+    assert ctx is not None
+    ctx.sleep(3600)
+    return context.attempt
+
+
+@task
+def takes_ctx(ctx: str) -> str:
+    return ctx

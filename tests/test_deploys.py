@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 from collections.abc import Iterator
 
+import django
 import pytest
 from django.utils import timezone
 
@@ -130,3 +131,14 @@ def test_a_workflow_whose_name_no_longer_exists_waits_for_its_code_with_the_erro
         "django_pgqrs.exceptions.UnknownWorkflow",
     )
     assert saved.run_at > timezone.now() + datetime.timedelta(seconds=50)  # tried again later
+
+
+@pytest.mark.skipif(django.VERSION >= (6, 0), reason="django.tasks exists from Django 6.0")
+def test_a_tasks_workflow_on_a_django_without_tasks_is_given_back_with_the_reason():
+    # Saved by a process of a newer deploy (Django 6), found by a worker still on Django 5.2.
+    row = Workflow.objects.create(name="task:orders.tasks.send", input={"args": [], "kwargs": {}})
+    drain()
+    row.refresh_from_db()
+    assert (row.status, row.lease_owner) == ("PENDING", None)
+    assert "django_pgqrs.tasks cannot be imported" in row.error["message"]
+    assert "Django 6.0" in row.error["message"]

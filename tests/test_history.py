@@ -104,3 +104,54 @@ def test_the_history_keeps_the_newest_entries_only():
 def test_a_running_workflow_names_its_current_owner_last():
     workflow = Workflow(status="RUNNING", lease_owner="here:1", history=[{"worker": "there:2"}])
     assert workflow.worker_ids == ["there:2", "here:1"]
+
+
+def test_a_resume_that_takes_over_from_a_dead_owner_records_the_lost_run():
+    handle = workflows.add_three.start(1)
+    Workflow.objects.filter(pk=handle.id).update(
+        status="RUNNING",
+        lease_owner="gone-host:1",
+        lease_token="00000000-0000-0000-0000-000000000001",
+        lease_expires_at=timezone.now() - datetime.timedelta(seconds=1),
+        attempts=1,
+    )
+    resume(handle.id)
+    lost, done = Workflow.objects.get(pk=handle.id).attempt_history
+    assert (lost["attempt"], lost["worker"], lost["outcome"]) == (1, "gone-host:1", "LOST")
+    assert lost["taken_over_by"] == done["worker"]
+    assert (done["attempt"], done["outcome"]) == (2, "SUCCESS")
+
+
+def test_cancelling_a_running_workflow_ends_its_run_in_the_history():
+    from django_pgqrs import cancel_workflow
+
+    handle = workflows.add_three.start(1)
+    Workflow.objects.filter(pk=handle.id).update(
+        status="RUNNING", lease_owner="busy-host:7", attempts=1
+    )
+    cancel_workflow(handle.id)
+    saved = Workflow.objects.get(pk=handle.id)
+    (entry,) = saved.attempt_history
+    assert (entry["attempt"], entry["worker"], entry["outcome"]) == (1, "busy-host:7", "CANCELLED")
+    assert saved.worker_ids == ["busy-host:7"]
+
+
+@pytest.mark.parametrize("garbage", [{"not": "a list"}, "junk", 7, [1, "two", None]])
+def test_a_history_that_is_not_the_engines_does_not_stop_runs_nor_recovery(garbage):
+    stuck = workflows.add_three.start(1)
+    other = workflows.add_three.start(2)
+    for handle in (stuck, other):
+        Workflow.objects.filter(pk=handle.id).update(
+            status="RUNNING",
+            lease_owner="gone-host:1",
+            lease_expires_at=timezone.now() - datetime.timedelta(seconds=1),
+            attempts=1,
+        )
+    Workflow.objects.filter(pk=stuck.id).update(history=garbage)
+    assert len(store_for("default").reap(5)) == 2  # one bad row does not stop the others
+    drain()
+    for handle in (stuck, other):
+        saved = Workflow.objects.get(pk=handle.id)
+        assert saved.status == "SUCCESS"
+        assert saved.attempt_history[-1]["outcome"] == "SUCCESS"
+    assert Workflow(history=garbage).worker_ids == []

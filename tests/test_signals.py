@@ -228,3 +228,82 @@ def test_a_suspension_is_no_end(listen):
     pw.napper.start(3600)
     Worker(burst=True).run()
     assert finished == []
+
+
+def test_a_workflow_started_by_a_receiver_is_its_own_not_a_child(listen):
+    from tests import primitive_workflows as pw
+
+    started: list[int] = []
+
+    def start_one(sender: Any, workflow: Workflow, step_id: str, **kwargs: Any) -> None:
+        if workflow.name == "napper":
+            started.append(workflows.add_three.start(step_id.count("#")).id)
+
+    signals.step_finished.connect(start_one)
+    try:
+        handle = pw.napper.start(3600)
+        Worker(burst=True).run()
+    finally:
+        signals.step_finished.disconnect(start_one)
+    (child_id,) = started
+    assert Workflow.objects.get(pk=child_id).parent_id is None
+    # Its replay (the wake-up after the sleep) is not disturbed by a start it did not make.
+    Workflow.objects.filter(pk=handle.id).update(run_at=timezone.now())
+    from django_pgqrs.testing import advance, reset_clock
+
+    advance(3600)
+    try:
+        Worker(burst=True).run()
+    finally:
+        reset_clock()
+    assert handle.status() == "SUCCESS"
+
+
+def test_a_receiver_of_the_end_may_start_another_workflow(listen):
+    follow_ups: list[int] = []
+
+    def follow_up(sender: Any, name: str, status: str, **kwargs: Any) -> None:
+        if name == "add_three":
+            follow_ups.append(workflows.echo_value.start(status).id)
+
+    signals.workflow_finished.connect(follow_up)
+    try:
+        workflows.add_three.run(1)
+    finally:
+        signals.workflow_finished.disconnect(follow_up)
+    (pk,) = follow_ups
+    assert Workflow.objects.get(pk=pk).status == "PENDING"
+
+
+def test_a_failure_cancelled_later_is_not_sent_as_finished_again(listen):
+    finished = listen(signals.workflow_finished)
+    with pytest.raises(RuntimeError):
+        workflows.failing.run("boom")
+    cancel_workflow(Workflow.objects.get().id)
+    assert [end["status"] for end in finished] == ["ERROR"]
+
+
+def test_a_run_of_a_workflow_that_recovery_already_took_back_is_no_second_recovery(listen):
+    recovered = listen(signals.workflow_recovered)
+    handle = workflows.add_three.start(1)
+    _dead_owner(handle.id)
+    stale = Workflow.objects.get(pk=handle.id)  # as a caller read it, before the recovery
+    from django_pgqrs.store import store_for
+
+    store_for("default").reap(5)  # recovery took it back (a worker would send the signal)
+    workflows.add_three(stale, 1)  # then a caller's stale copy runs it: no takeover
+    assert recovered == []
+
+
+@pytest.mark.django_db(transaction=False)
+def test_a_receiver_whose_query_fails_in_a_test_case_leaves_the_run_alone(caplog):
+    def broken_query(sender: Any, **kwargs: Any) -> None:
+        with connections["default"].cursor() as cursor:
+            cursor.execute("SELECT * FROM no_such_table")
+
+    signals.step_finished.connect(broken_query)
+    try:
+        assert workflows.add_three.run(1) == 4
+    finally:
+        signals.step_finished.disconnect(broken_query)
+    assert Workflow.objects.get().status == "SUCCESS"

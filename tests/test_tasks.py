@@ -40,7 +40,7 @@ if django.VERSION >= (6, 0):
 
 
 def run_workers() -> None:
-    Worker(queues=["default", "emails"], burst=True).run()
+    Worker(queues=["default", "emails", "bulk"], burst=True).run()
 
 
 @pytest.fixture
@@ -320,6 +320,9 @@ def test_a_task_whose_worker_was_killed_resumes_without_rerunning_its_finished_s
     processes.hold.unlink()
     result.refresh()
     assert result.status == TaskResultStatus.RUNNING  # as its dead worker left it
+    from tests.test_crash import wait_for_lease_to_expire
+
+    wait_for_lease_to_expire(int(result.id))  # else the next worker finds nothing to take back
     finished = processes.run("pgqrs_worker", "--burst", **short_lease)
     assert finished.returncode == 0, finished.stderr
     result.refresh()
@@ -335,10 +338,11 @@ def test_a_worker_says_which_task_queues_it_does_not_run(processes):
     assert "Tasks of TASKS['default'] go to queues 'default', 'emails'; this worker runs none" in (
         none.stderr
     )
-    some = processes.run("pgqrs_worker", "--burst", "--queues", "default")
+    assert "Tasks of TASKS['bulk'] go to queues 'bulk'; this worker runs none" in none.stderr
+    some = processes.run("pgqrs_worker", "--burst", "--queues", "default,bulk")
     assert "in queues 'emails' are left to other workers" in some.stderr
     assert "WARNING" not in some.stderr
-    every = processes.run("pgqrs_worker", "--burst", "--queues", "default,emails")
+    every = processes.run("pgqrs_worker", "--burst", "--queues", "default,emails,bulk")
     assert "Tasks of" not in every.stderr
 
 
@@ -353,3 +357,83 @@ def test_every_process_of_a_project_using_the_backend_hears_its_signals(processe
     # connected when Django starts.
     shown = processes.run("shell", "-c", "import sys; print('django_pgqrs.tasks' in sys.modules)")
     assert shown.stdout.strip().splitlines()[-1] == "True", shown.stderr
+
+
+def test_a_task_enqueued_by_a_task_is_enqueued_once_and_is_no_child(received):
+    from django_pgqrs.testing import advance, reset_clock
+
+    outer = tasks.schedule_then_nap.enqueue(5)
+    try:
+        run_workers()  # runs until its durable wait
+        advance(3600)
+        run_workers()  # its replay enqueues nothing more
+    finally:
+        reset_clock()
+    outer.refresh()
+    inner_id = outer.return_value
+    (inner,) = Workflow.objects.filter(name="task:tests.task_functions.follow_up")
+    assert (inner.pk, inner.parent_id, inner.status) == (inner_id, None, "PENDING")
+    assert tasks.follow_up.get_result(str(inner_id)).task.run_after is not None
+    assert [r for r in received if r[0] == "enqueued" and r[2] == str(inner_id)] == [
+        ("enqueued", TaskResultStatus.READY, str(inner_id))
+    ]
+    # One attempt of the outer task, though it ran twice around its wait.
+    assert [r[0] for r in received if r[2] == outer.id] == ["enqueued", "started", "finished"]
+    assert outer.attempts == 1
+
+
+def test_a_durable_wait_in_a_task_is_not_another_attempt():
+    from django_pgqrs.testing import advance, reset_clock
+
+    result = tasks.nap_then_count.enqueue()
+    try:
+        run_workers()
+        advance(3600)
+        run_workers()
+    finally:
+        reset_clock()
+    result.refresh()
+    assert (result.return_value, result.attempts) == (1, 1)
+
+
+def test_a_task_may_take_an_argument_named_ctx():
+    result = tasks.takes_ctx.enqueue(ctx="mine")
+    run_workers()
+    assert tasks.takes_ctx.get_result(result.id).return_value == "mine"
+
+
+def test_a_second_alias_of_the_backend_keeps_its_tasks_and_its_queues(received):
+    result = tasks.my_id.using(backend="bulk", queue_name="bulk").enqueue(1)
+    assert result.backend == "bulk"
+    saved = Workflow.objects.get(pk=int(result.id))
+    assert saved.name == "task@bulk:tests.task_functions.my_id"
+    with pytest.raises(TaskResultDoesNotExist):
+        default_task_backend.get_result(result.id)  # not one of the default backend's
+    run_workers()
+    done = task_backends["bulk"].get_result(result.id)
+    assert (done.status, done.return_value, done.backend) == (
+        TaskResultStatus.SUCCESSFUL,
+        result.id,
+        "bulk",
+    )
+    assert [r[0] for r in received if r[2] == result.id] == ["enqueued", "started", "finished"]
+
+
+def test_a_task_whose_function_is_gone_is_given_back_with_the_reason():
+    missing = Workflow.objects.create(
+        name="task:tests.task_functions.renamed_since", input={"args": [], "kwargs": {}}
+    )
+    broken = Workflow.objects.create(
+        name="task:tests.broken_task_module.job", input={"args": [], "kwargs": {}}
+    )
+    run_workers()
+    for row, reason in [
+        (missing, "ImportError"),
+        (broken, "RuntimeError: this module is broken"),
+    ]:
+        row.refresh_from_db()
+        assert (row.status, row.lease_owner) == ("PENDING", None)  # given back, not stuck RUNNING
+        assert reason in row.error["message"]
+        assert "renamed or removed" in row.error["message"]
+    with pytest.raises(TaskResultDoesNotExist, match="cannot be imported"):
+        default_task_backend.get_result(str(missing.pk))

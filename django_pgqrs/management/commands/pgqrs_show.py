@@ -79,7 +79,7 @@ class Command(BaseCommand):
             if error.get("traceback"):
                 lines.append(_indent(error["traceback"].rstrip()))
         if data["runs"]:
-            rows = [
+            runs = [
                 (
                     str(run["attempt"]),
                     str(run["outcome"]),
@@ -89,9 +89,9 @@ class Command(BaseCommand):
                 )
                 for run in data["runs"]
             ]
-            lines += ["", f"Runs ({len(data['runs'])}):"]
-            headers = ("ATTEMPT", "OUTCOME", "WORKER", "ENDED", "ERROR")
-            lines.append(_indent(cli.table(headers, rows)))
+            lines += ["", f"Runs ({len(runs)}):"]
+            columns = ("ATTEMPT", "OUTCOME", "WORKER", "ENDED", "ERROR")
+            lines.append(_indent(cli.table(columns, runs)))
         if data["status"] == "SUCCESS" or data["result"] is not None:
             lines += ["", "Result:", _indent(cli.dumps(data["result"]))]
         lines += ["", f"Steps ({len(data['steps'])}):"]
