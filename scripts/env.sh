@@ -1,5 +1,5 @@
-# Sourced by scripts/demo and scripts/test: virtual environments built from this repository's
-# own files, and a PostgreSQL server to test against.
+# Sourced by scripts/demo, scripts/test and scripts/smoke: virtual environments built from this
+# repository's own files, and a PostgreSQL server to test against.
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
@@ -41,6 +41,14 @@ venv() {
     touch "$dir/.stamp-$stamp"
   fi
   echo "$dir/bin/python"
+}
+
+# The test suite's first environment, Python 3.11 and Django 5.2 LTS, with the test extra (ruff,
+# mypy, build, twine...): scripts/test and scripts/smoke. Prints its python.
+test_venv() {
+  local py311
+  py311="$(find_python 3.11)"
+  venv py311-django52 "${py311:-python3}" -e "$ROOT[test,browser]" "Django>=5.2,<5.3"
 }
 
 # Start the local PostgreSQL cluster if it is installed and not answering.
