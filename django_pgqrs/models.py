@@ -146,6 +146,19 @@ class Workflow(models.Model):
                 name="pgqrs_wf_forked_from_idx",
                 condition=Q(forked_from__isnull=False),
             ),
+            # The admin's filters and overview, at a million rows. None is on a column a
+            # checkpoint writes (updated_at, the lease, history): checkpoints stay HOT updates.
+            # The list's time range ("created in the last day").
+            models.Index(fields=["created_at"], name="pgqrs_wf_created_idx"),
+            # The queue filter, newest first, and the list of queues (one probe per queue).
+            models.Index(fields=["queue", "id"], name="pgqrs_wf_queue_idx"),
+            # The statuses the active index leaves out, but SUCCESS (most rows, found at once by
+            # reading the newest first): their filter and exact count.
+            models.Index(
+                fields=["status", "id"],
+                name="pgqrs_wf_status_idx",
+                condition=Q(status__in=["PENDING", "CANCELLED"]),
+            ),
         ]
         constraints = [
             models.UniqueConstraint(
@@ -154,6 +167,8 @@ class Workflow(models.Model):
                 condition=Q(idempotency_key__isnull=False),
             ),
         ]
+        # The admin's Resume, Cancel and Fork; viewing needs only the view permission.
+        permissions = [("operate_workflow", "Can resume, cancel and fork workflows")]
 
     def __str__(self) -> str:
         return f"{self.name} #{self.id} ({self.status})"
