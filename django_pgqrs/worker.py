@@ -118,6 +118,7 @@ class Worker:
         self._connected = threading.Event()  # the database answered once: runners may start
         # Recovery waits until then (time.monotonic()), and since when the database has failed.
         self._reap_after = float("inf")
+        self._hold_said = 0.0  # the hold (its _reap_after) that _say_recovery_waits told of
         self._failing_since: float | None = None
 
     @property
@@ -323,6 +324,19 @@ class Worker:
         grace = min(conf.LEASE_SECONDS / 2, conf.HEARTBEAT_SECONDS + 1.0)
         self._reap_after = time.monotonic() + grace
 
+    def _say_recovery_waits(self) -> None:
+        """Say once per hold why a worker with nothing else to do sits idle (``--burst``)."""
+        with self._lock:
+            if self._hold_said == self._reap_after:
+                return
+            self._hold_said = self._reap_after
+        logger.info(
+            "Worker %s: a running workflow's lease expired; waiting %.1fs before taking it "
+            "back, in case its owner is alive and about to renew it",
+            process_owner(),
+            max(0.0, self._reap_after - time.monotonic()),
+        )
+
     def _storage_failed(self) -> None:
         with self._lock:
             if self._failing_since is None:
@@ -360,6 +374,7 @@ class Worker:
         if time.monotonic() < self._reap_after:
             if not wait or not self._any_expired():
                 return 0
+            self._say_recovery_waits()
             while (left := self._reap_after - time.monotonic()) > 0:
                 if self.stopping.wait(min(0.25, left)):
                     return 0

@@ -101,5 +101,8 @@ if os.environ.get("PGQRS_TEST_LOGGING"):
         "disable_existing_loggers": False,
         "formatters": {"plain": {"format": "LOGGED %(levelname)s %(message)s"}},
         "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain"}},
-        "loggers": {"django_pgqrs": {"handlers": ["stderr"], "level": "INFO"}},
+        "loggers": {
+            "django_pgqrs": {"handlers": ["stderr"], "level": "INFO"},
+            "django.tasks": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+        },
     }

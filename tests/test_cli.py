@@ -422,7 +422,7 @@ def test_prune_deletes_old_succeeded_and_cancelled_workflows_with_their_steps_an
     ]
     out = command("pgqrs_prune", "--older-than", "30d")
     lines = out.splitlines()
-    assert lines[0] == "deleted 2 workflows (3 steps, 1 event), 2 so far"
+    assert lines[0] == "batch 1: deleted 2 workflows (3 steps, 1 event); 2 in all"
     assert lines[1].startswith("Pruned 2 workflows last updated before ")
     assert lines[1].endswith(" (SUCCESS, CANCELLED): 3 steps, 1 event.")
     assert alive() == {w.id for w in kept}
@@ -439,7 +439,7 @@ def test_prune_takes_failed_workflows_when_asked_and_a_date_as_cutoff():
     failed, done = make("ERROR", age=10 * DAY), make("SUCCESS", age=10 * DAY)
     cutoff = (timezone.now() - 5 * DAY).isoformat()
     out = command("pgqrs_prune", "--older-than", cutoff, "--status", "error")
-    assert out.splitlines()[0] == "deleted 1 workflow (0 steps), 1 so far"
+    assert out.splitlines()[0] == "batch 1: deleted 1 workflow (0 steps); 1 in all"
     assert alive() == {done.id}
     assert failed.id not in alive()
 
@@ -522,9 +522,9 @@ def test_prune_prints_a_line_per_batch():
         make("SUCCESS", age=40 * DAY, steps=3)
     lines = command("pgqrs_prune", "--older-than", "30d", "--batch-size", "2").splitlines()
     assert lines[:3] == [
-        "deleted 2 workflows (6 steps), 2 so far",
-        "deleted 2 workflows (6 steps), 4 so far",
-        "deleted 1 workflow (3 steps), 5 so far",
+        "batch 1: deleted 2 workflows (6 steps); 2 in all",
+        "batch 2: deleted 2 workflows (6 steps); 4 in all",
+        "batch 3: deleted 1 workflow (3 steps); 5 in all",
     ]
     assert lines[3].startswith("Pruned 5 workflows last updated before ")
     assert lines[3].endswith(" (SUCCESS, CANCELLED): 15 steps.")
@@ -541,8 +541,8 @@ def test_prune_dry_run_counts_the_same_batches_and_deletes_nothing():
     before = alive()
     out = command("pgqrs_prune", "--older-than", "30d", "--batch-size", "2", "--dry-run")
     assert out.splitlines() == [
-        "would delete 2 workflows (6 steps, 2 events), 2 so far",
-        "would delete 3 workflows (4 steps, 1 event), 5 so far",
+        "batch 1: would delete 2 workflows (6 steps, 2 events); 2 in all",
+        "batch 2: would delete 3 workflows (4 steps, 1 event); 5 in all",
         out.splitlines()[2],
     ]
     assert out.splitlines()[2].startswith("Would prune 5 workflows last updated before ")
@@ -656,7 +656,7 @@ def test_list_and_prune_run_as_commands(processes):
     assert [row["status"] for row in json.loads(listed.stdout)] == ["SUCCESS"]
     pruned = processes.run("pgqrs_prune", "--older-than", "30d")
     assert pruned.returncode == 0, pruned.stderr
-    assert pruned.stdout.splitlines()[0] == "deleted 1 workflow (2 steps), 1 so far"
+    assert pruned.stdout.splitlines()[0] == "batch 1: deleted 1 workflow (2 steps); 1 in all"
     assert not alive()
 
 

@@ -346,6 +346,23 @@ def test_a_worker_says_which_task_queues_it_does_not_run(processes):
     assert "Tasks of" not in every.stderr
 
 
+def test_verbosity_zero_quiets_djangos_lines_about_the_tasks_it_runs(processes):
+    every_queue = ("--queues", "default,emails,bulk")
+    first = tasks.add.enqueue(1, 2)
+    loud = processes.run("pgqrs_worker", "--burst", *every_queue, PGQRS_TEST_LOGGING="1")
+    assert loud.returncode == 0, loud.stderr
+    assert f"LOGGED INFO Task id={first.id} path=tests.task_functions.add state=SUCCESSFUL" in (
+        loud.stderr
+    )
+    second = tasks.add.enqueue(3, 4)
+    quiet = processes.run(
+        "pgqrs_worker", "--burst", "-v", "0", *every_queue, PGQRS_TEST_LOGGING="1"
+    )
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stderr == ""
+    assert tasks.add.get_result(second.id).return_value == 7
+
+
 def test_a_cancellation_is_signalled_as_a_failed_task(received):
     result = tasks.add.enqueue(1, 2)
     cancel_workflow(int(result.id))

@@ -169,6 +169,21 @@ def test_a_killed_worker_is_replaced_and_finished_steps_do_not_run_again(process
     assert f"its owner {socket.gethostname()}:{doomed.pid}:" in processes.stderr_of(heir)
 
 
+def test_a_burst_worker_says_why_it_waits_before_taking_back_a_dead_workers_workflow(processes):
+    from tests.test_crash import wait_for_lease_to_expire
+
+    handle, doomed = worker_holding_in_step_two(processes, 3, **FAST)
+    doomed.kill()
+    doomed.wait(timeout=10)
+    processes.hold.unlink()
+    wait_for_lease_to_expire(handle.id)
+    heir = processes.run("pgqrs_worker", "--burst", **FAST)
+    assert heir.returncode == 0, heir.stderr
+    assert "a running workflow's lease expired; waiting" in heir.stderr
+    assert heir.stderr.count("lease expired; waiting") == 1  # once, whatever the threads
+    assert handle.result(timeout=1) == 7
+
+
 def test_a_step_longer_than_the_lease_keeps_its_workflow_thanks_to_the_heartbeat(processes):
     handle, owner = worker_holding_in_step_two(processes, 2, **FAST)
     rival = processes.start("pgqrs_worker", **FAST)

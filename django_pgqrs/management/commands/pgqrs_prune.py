@@ -62,12 +62,13 @@ class Command(BaseCommand):
         **options: Any,
     ) -> None:
         verb = "would delete" if dry_run else "deleted"
+        batches = iter(range(1, 1 << 62))
 
         def progress(batch: retention.PruneCounts, total: retention.PruneCounts) -> None:
             if verbosity >= 1:
                 self.stdout.write(
-                    f"{verb} {cli.plural(batch.workflows, 'workflow')} ({_children(batch)}), "
-                    f"{total.workflows} so far"
+                    f"batch {next(batches)}: {verb} {cli.plural(batch.workflows, 'workflow')} "
+                    f"({_children(batch)}); {total.workflows} in all"
                 )
 
         total = retention.prune(older_than, status, batch_size, dry_run, progress=progress)

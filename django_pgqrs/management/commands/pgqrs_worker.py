@@ -75,8 +75,10 @@ class Command(BaseCommand):
         # The worker reports through logging; without a configured handler, show its lines.
         log = logging.getLogger("django_pgqrs")
         if verbosity == 0:
-            # Quiet, whatever LOGGING says: problems only.
-            log.setLevel(max(log.getEffectiveLevel(), logging.WARNING))
+            # Quiet, whatever LOGGING says: problems only; Django's own lines about the tasks
+            # the worker runs ("Task id=... state=RUNNING") too.
+            for quieted in (log, logging.getLogger("django.tasks")):
+                quieted.setLevel(max(quieted.getEffectiveLevel(), logging.WARNING))
             return
         if log.hasHandlers():
             return
