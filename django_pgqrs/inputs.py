@@ -41,9 +41,12 @@ def arguments(
 ) -> dict[str, Any]:
     """Bind arguments to the workflow function's parameters (after its context), with defaults.
 
-    Raise ``TypeError`` if they do not fit its signature.
+    Raise ``TypeError``, naming the workflow, if they do not fit its signature.
     """
-    bound = definition.signature.bind(None, *args, **kwargs)
+    try:
+        bound = definition.signature.bind(None, *args, **kwargs)
+    except TypeError as exc:
+        raise TypeError(f"Workflow {definition.name!r}: {exc}") from None
     bound.apply_defaults()
     arguments = dict(bound.arguments)
     arguments.pop(next(iter(definition.signature.parameters)))
@@ -64,7 +67,7 @@ def check_input(
     except TypeError as exc:
         raise InputMismatch(
             f"Workflow {workflow.id} was saved with input {workflow.input!r}, which no longer fits "
-            f"the signature of {definition.name}: {exc}."
+            f"its signature: {exc}."
         ) from None
     if not same(arguments(definition, called["args"], called["kwargs"]), saved):
         raise InputMismatch(

@@ -149,8 +149,10 @@ def test_unknown_workflow_names_are_refused():
 
 
 def test_arguments_that_do_not_fit_the_signature_are_refused_at_creation():
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="Workflow 'add_three': too many positional arguments"):
         create_workflow("add_three", 1, 2)
+    with pytest.raises(TypeError, match="Workflow 'add_three': missing a required argument: 'n'"):
+        workflows.add_three.start()  # type: ignore[call-arg]
     assert not Workflow.objects.exists()
 
 
