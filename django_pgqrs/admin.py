@@ -277,7 +277,7 @@ class WorkflowAdmin(WorkflowOperations):
 
     @admin.display(description="workers")
     def workers(self, workflow: Workflow) -> str:
-        return ", ".join(workflow.worker_ids) or "-"
+        return ", ".join(map(str, workflow.worker_ids)) or "-"
 
 
 def _url(workflow_id: int) -> str:

@@ -20,7 +20,7 @@ from django.db.models import CharField, QuerySet, Value
 from django.db.models.fields.json import KT
 
 from . import operations
-from .admin_display import FINISHED
+from .admin_display import FINISHED, UNFINISHED
 from .exceptions import PgqrsError
 from .models import Workflow
 
@@ -95,6 +95,9 @@ class Outcome:
     def skip(self, pk: int, reason: str) -> None:
         self.skipped.setdefault(reason, []).append(pk)
 
+    def skipped_ids(self) -> list[int]:
+        return [pk for ids in self.skipped.values() for pk in ids]
+
     def message(self) -> str:
         """``3 resumed: 12, 14, 19; 1 skipped: 20 already SUCCESS``."""
         if self.forks:
@@ -162,9 +165,9 @@ def perform(name: str, queryset: QuerySet[Workflow], user_id: int) -> Outcome:
         names = {pk: workflow_name for pk, workflow_name, _, _ in batch}
         statuses = {pk: status for pk, _, status, _ in batch}
         done, children = _act(name, acting, outcome, queryset.db)
-        if name != "fork":  # a fork says why it was not made
-            for pk in sorted(set(acting) - set(done), reverse=True):
-                outcome.skip(pk, "changed meanwhile")
+        explained = set(outcome.skipped_ids())
+        for pk in sorted(set(acting) - set(done) - explained, reverse=True):
+            outcome.skip(pk, "changed meanwhile")
         outcome.done += done
         outcome.children += children
         _log(name, done, children, names, statuses, outcome, user_id, queryset.db)
@@ -187,27 +190,49 @@ def _act(name: str, ids: list[int], outcome: Outcome, alias: str) -> tuple[list[
         forked = []
         for pk in ids:
             try:
-                outcome.forks[pk] = operations.fork_workflow(pk).id
+                with transaction.atomic(using=alias):
+                    still = (
+                        Workflow.objects.using(alias)
+                        .select_for_update()
+                        .filter(pk=pk, status__in=outcome.operation.acts_on)
+                    )
+                    if not still.exists():
+                        outcome.skip(pk, "changed meanwhile")
+                        continue
+                    outcome.forks[pk] = operations.fork_workflow(pk).id
             except (ValueError, PgqrsError) as exc:
                 outcome.skip(pk, f"not forked ({exc})")
                 continue
             forked.append(pk)
         return forked, []
-    return _delete(ids, alias), []
+    return _delete(ids, outcome, alias), []
 
 
-def _delete(ids: list[int], alias: str) -> list[int]:
-    """Delete the finished workflows of ``ids``, locked first: one resumed meanwhile stays."""
+def _delete(ids: list[int], outcome: Outcome, alias: str) -> list[int]:
+    """Delete the finished workflows of ``ids``, locked first: one resumed meanwhile stays, and
+    so does a child whose parent has not ended (the parent may still read its result)."""
     with transaction.atomic(using=alias):
         finished = list(
             Workflow.objects.using(alias)
             .select_for_update()
             .filter(pk__in=ids, status__in=FINISHED)
             .order_by("-pk")
+            .values_list("pk", "parent_id")
+        )
+        parents = {parent for _, parent in finished if parent is not None}
+        waiting = set(
+            Workflow.objects.using(alias)
+            .filter(pk__in=parents, status__in=UNFINISHED)
             .values_list("pk", flat=True)
         )
-        Workflow.objects.using(alias).filter(pk__in=finished).only("pk").delete()
-    return finished
+        deleted = []
+        for pk, parent in finished:
+            if parent in waiting:
+                outcome.skip(pk, "kept while their parent runs (it may read their result)")
+            else:
+                deleted.append(pk)
+        Workflow.objects.using(alias).filter(pk__in=deleted).only("pk").delete()
+    return deleted
 
 
 def _log(

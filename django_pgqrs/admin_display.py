@@ -107,14 +107,15 @@ def stored_value(text: str | None, length: int, limit: int, full_url: str = "") 
         )
     try:
         value = codec.loads(text)
-    except PayloadError as exc:
+        shown = show(value)
+    except (PayloadError, RecursionError) as exc:
         return format_html(
             '<pre class="pgqrs-json">{}</pre><p class="help">Stored JSON that no longer '
             "decodes: {}</p>",
             text,
             exc,
         )
-    return format_html('<pre class="pgqrs-json">{}</pre>', show(value))
+    return format_html('<pre class="pgqrs-json">{}</pre>', shown)
 
 
 def value_preview(text: str | None, length: int, limit: int, full_url: str) -> SafeString:
@@ -124,7 +125,7 @@ def value_preview(text: str | None, length: int, limit: int, full_url: str) -> S
         return format_html("{}", "-")
     line, whole = text, length
     if length <= limit:
-        with contextlib.suppress(PayloadError):
+        with contextlib.suppress(PayloadError, RecursionError):
             line = show(codec.loads(text), indent=None)
             whole = len(line)
     summary, more = line[:80], "…" if whole > 80 else ""

@@ -20,8 +20,9 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin
+from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.views.main import ChangeList
-from django.core.paginator import Page, Paginator
+from django.core.paginator import EmptyPage, Page, Paginator
 from django.db import connections
 from django.db.models import Case, OuterRef, Q, QuerySet, Subquery, When
 from django.db.models.fields.json import KT
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
 
 EXACT_UP_TO = 1_000
 ERROR_SEARCH_WINDOW = 5_000
+# Of a longer search term, its start is looked for in errors.
+ERROR_SEARCH_LENGTH = 500
 SEARCH_HELP = (
     "An id, the start of a workflow's name, an idempotency key, or words of an error message "
     f"(among the latest {ERROR_SEARCH_WINDOW:,} failures)."
@@ -88,7 +91,10 @@ class EstimatedCountPaginator(Paginator):  # type: ignore[type-arg]
         if not self.estimated:
             return super().validate_number(number)
         # Past an estimate, a page may be empty: shown empty rather than refused.
-        return max(1, int(number))
+        page = max(1, int(number))
+        if page > (2**63 - 1) // self.per_page:
+            raise EmptyPage("That page is past any workflow.")
+        return page
 
     def page(self, number: Any) -> Page:  # type: ignore[type-arg]
         number = self.validate_number(number)
@@ -194,12 +200,13 @@ def search(queryset: QuerySet[Workflow], term: str) -> QuerySet[Workflow]:
     if not term:
         return queryset
     found = Q(idempotency_key=term)
-    if term.isdigit() and int(term) < 2**63:
+    if term.isascii() and term.isdigit() and int(term) < 2**63:
         return queryset.filter(found | Q(pk=int(term)))
     prefix = term.lower()
     names = {name for name in registry.workflow_names() if name.lower().startswith(prefix)}
     found |= Q(name__in=sorted(names | {term}))
-    failed = error_matches(queryset.db, term)
+    # The start of a long term: SQLite refuses a LIKE pattern of 50,000 bytes.
+    failed = error_matches(queryset.db, term[:ERROR_SEARCH_LENGTH])
     if failed:
         found |= Q(pk__in=failed)
     return queryset.filter(found)
@@ -229,6 +236,8 @@ class WorkflowChangeList(ChangeList):
     and for an unfinished one its last saved step."""
 
     def get_queryset(self, request: HttpRequest, exclude_parameters: Any = None) -> QuerySet[Any]:
+        if any("\x00" in value for values in request.GET.lists() for value in values[1]):
+            raise IncorrectLookupParameters("NUL in a parameter")
         return super().get_queryset(request, exclude_parameters).only(*LIST_COLUMNS)
 
     def get_results(self, request: HttpRequest) -> None:

@@ -67,7 +67,7 @@ def steps(request: HttpRequest, workflow: Workflow) -> dict[str, Any]:
     total = saved.count()
     pages = max(1, math.ceil(total / STEPS_PER_PAGE))
     asked = request.GET.get("steps", "1")
-    page = pages if asked == "last" else int(asked) if asked.isdigit() else 1
+    page = pages if asked == "last" else int(asked) if asked.isascii() and asked.isdigit() else 1
     page = min(max(page, 1), pages)
     first = (page - 1) * STEPS_PER_PAGE
     output = Cast("output", TextField())

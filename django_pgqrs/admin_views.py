@@ -21,7 +21,13 @@ from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet, TextField
 from django.db.models.functions import Cast
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBadRequest,
+    HttpResponseRedirect,
+)
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
@@ -30,7 +36,7 @@ from django.utils.safestring import SafeString
 
 from . import admin_actions
 from .admin_actions import OPERATIONS, Outcome
-from .admin_display import FINISHED, error_html, whole_value
+from .admin_display import FINISHED, UNFINISHED, error_html, whole_value
 from .admin_overview import overview
 from .models import Workflow, WorkflowEvent, WorkflowStep
 
@@ -50,7 +56,21 @@ class WorkflowOperations(WorkflowAdminBase):
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         if obj is not None and obj.status not in FINISHED:
             return False
+        if obj is not None and obj.parent_id is not None:
+            # A child of a parent that has not ended: the parent may still read its result.
+            parents = Workflow.objects.using(obj._state.db or "default")
+            if parents.filter(pk=obj.parent_id, status__in=UNFINISHED).exists():
+                return False
         return super().has_delete_permission(request, obj)
+
+    def response_action(
+        self, request: HttpRequest, queryset: QuerySet[Any], *args: Any, **kwargs: Any
+    ) -> Any:
+        """Refuse a selection that holds something else than workflow ids (a forged request)."""
+        selected = request.POST.getlist(ACTION_CHECKBOX_NAME)
+        if not all(pk.isascii() and pk.isdigit() and int(pk) < 2**63 for pk in selected):
+            return HttpResponseBadRequest("Workflow ids are numbers below 2**63.")
+        return super().response_action(request, queryset, *args, **kwargs)
 
     # --- Actions --------------------------------------------------------------------------
 
@@ -122,7 +142,9 @@ class WorkflowOperations(WorkflowAdminBase):
 
     def delete_model(self, request: HttpRequest, obj: Workflow) -> None:
         if not admin_actions.perform("delete", self._one(obj), _user_id(request)).done:
-            raise PermissionDenied("Only finished workflows can be deleted.")
+            raise PermissionDenied(
+                "Only finished workflows can be deleted, and a child only once its parent ended."
+            )
 
     def log_deletions(self, request: HttpRequest, queryset: Any) -> Any:
         """Deletions are logged where they are made (``admin_actions``)."""

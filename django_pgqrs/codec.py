@@ -310,7 +310,17 @@ def _object_hook(data: dict[str, Any]) -> Any:
                 f"saved workflows can be decoded."
             ) from exc
     order = data.pop(ORDER, None)
-    return data if order is None else {key: data[key] for key in order}
+    if order is None:
+        return data
+    try:
+        ordered = {key: data[key] for key in order}
+    except (KeyError, TypeError):
+        ordered = {}
+    if len(ordered) != len(data):
+        raise PayloadError(
+            f"A saved dict's key order ({_excerpt({ORDER: order})}) is not its keys."
+        )
+    return ordered
 
 
 def _untag(tag: str, data: dict[str, Any]) -> Any:

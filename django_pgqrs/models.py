@@ -221,8 +221,13 @@ class Workflow(models.Model):
                 continue  # not the engine's: edited by hand, say
             entry = dict(entry)
             ended = entry.get("ended_at")
+            if not isinstance(ended, str | datetime.datetime):
+                entry["ended_at"] = None
             if isinstance(ended, str):
-                parsed = parse_datetime(ended.replace(" ", "T", 1))
+                try:
+                    parsed = parse_datetime(ended.replace(" ", "T", 1))
+                except ValueError:
+                    parsed = None
                 if parsed is not None and timezone.is_naive(parsed):
                     parsed = timezone.make_aware(parsed, datetime.UTC)
                 entry["ended_at"] = parsed
