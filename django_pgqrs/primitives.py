@@ -18,19 +18,21 @@ again, and what it did is not replayed.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, transaction
 from django.utils import timezone
 
 from . import clock, codec, registry
 from .conf import conf
 from .exceptions import (
+    StorageError,
     WorkflowCancelled,
     WorkflowFailed,
     WorkflowNotFound,
@@ -217,7 +219,7 @@ def wait_for_event(ctx: Workflow, name: str, timeout: float | None = None) -> An
         return received[0] if received else None
     check_deadline(run, f"a wait for event {name!r}")
     position, shift = run.new_position()
-    with transaction.atomic(using=run.store.alias):
+    with _own_transaction(run):
         found, text = run.store.receive_event(run.workflow.id, name, step_id)
         if found:
             _save(run, step_id, position, shift, f"[{text or 'null'}]")
@@ -237,6 +239,24 @@ def _check_name(name: object, what: str) -> None:
         raise WorkflowUsageError(
             f"{what} takes an event name of 1 to 200 characters without '#', not {name!r}."
         )
+
+
+@contextlib.contextmanager
+def _own_transaction(run: Run) -> Iterator[None]:
+    """A transaction of the engine's own on the workflows' database (a child's start with its
+    checkpoint, an event's receipt with its checkpoint). A commit that loses its connection is
+    an outage, ``StorageError``, not the workflow's failure: whether it committed, the next run
+    reads (as for an atomic step's commit)."""
+    from .steps import connection_gone  # steps imports this module
+
+    alias = run.store.alias
+    try:
+        with transaction.atomic(using=alias):
+            yield
+    except (OperationalError, InterfaceError) as exc:
+        if connection_gone(exc):
+            raise StorageError(alias, exc) from exc
+        raise
 
 
 # --- Children -----------------------------------------------------------------------------------
@@ -270,7 +290,7 @@ def start_in(
     timeout: float | datetime.timedelta | None,
 ) -> WorkflowHandle:
     """Start child ``name`` in ``run`` (``fn.start()`` in a workflow comes here)."""
-    from .enqueue import deadline_for, insert_workflow
+    from .enqueue import deadline_for, insert_or_find
     from .handles import WorkflowHandle
     from .inputs import arguments
 
@@ -287,8 +307,8 @@ def start_in(
         return WorkflowHandle(codec.loads(saved.output_text), run.store.alias)
     check_deadline(run, f"the start of child workflow {name!r}")
     position, shift = run.new_position()
-    with transaction.atomic(using=run.store.alias):
-        child = insert_workflow(
+    with _own_transaction(run):
+        child, _ = insert_or_find(
             run.store,
             definition,
             args,

@@ -48,7 +48,7 @@ from .lease import Lease, heartbeat, owner_name, process_owner
 from .models import Workflow, WorkflowStatus
 from .primitives import FOREVER, Suspend
 from .replay import Run, current, running_here
-from .steps import interruption
+from .steps import interruption, outage
 from .store import Claimed, Store, store_for, workflows_alias
 
 if TYPE_CHECKING:
@@ -361,6 +361,14 @@ def _execute(
                 if not (isinstance(exc, SimulatedCrash) and not exc.release):
                     _give_back(run)
                 raise
+            if outage(exc, run.store.alias):
+                # The workflows' database was lost outside any step: at the commit of a
+                # primitive's own transaction (a child's start, an event's receipt), say. Not
+                # the workflow's failure: whether that commit happened, the next run reads.
+                heartbeat.leave(lease)
+                lost = StorageError(run.store.alias, exc)
+                _name_workflow(lost, workflow.id)
+                raise lost from exc
             _fail(run, exc)
             raise
         try:

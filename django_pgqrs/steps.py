@@ -240,7 +240,7 @@ def _run_body(
                 raise
             if interruption(exc):
                 raise
-            if _outage(exc, alias) or (committing and _connection_gone(exc)):
+            if outage(exc, alias) or (committing and connection_gone(exc)):
                 # The commit of the step's transaction may or may not have happened: the next
                 # claim reads what was saved.
                 raise StorageError(alias, exc) from exc
@@ -321,7 +321,7 @@ def _body(
             _probe(definition.name, after_body=True)
     except (OperationalError, InterfaceError) as exc:
         # Looked at here, before an atomic block's end replaces the broken connection.
-        if _outage(exc, alias):
+        if outage(exc, alias):
             raise StorageError(alias, exc) from exc
         raise
     return codec.dump(value, f"result of step {step_id!r}", conf.MAX_PAYLOAD_BYTES)
@@ -345,10 +345,10 @@ def interruption(exc: BaseException) -> bool:
     return isinstance(exc, SystemExit) and threading.current_thread() is threading.main_thread()
 
 
-def _outage(exc: BaseException, alias: str) -> bool:
+def outage(exc: BaseException, alias: str) -> bool:
     """Whether a body's database error is the loss of the workflows' database, not a failure:
     the error says the connection is gone, and this thread's connection to that database is."""
-    if not _connection_gone(exc):
+    if not connection_gone(exc):
         return False
     raw = connections[alias].connection
     if raw is None:
@@ -357,7 +357,7 @@ def _outage(exc: BaseException, alias: str) -> bool:
     return bool(getattr(raw, "broken", False) or getattr(raw, "closed", False))
 
 
-def _connection_gone(exc: BaseException) -> bool:
+def connection_gone(exc: BaseException) -> bool:
     """Whether a database error says its connection is gone, rather than that the server
     answered (a deadlock, a lock timeout, a cancelled query, a constraint)."""
     if not isinstance(exc, OperationalError | InterfaceError):

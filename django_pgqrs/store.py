@@ -221,6 +221,18 @@ class Store:
         except DatabaseError as exc:
             raise self._storage_error(exc) from exc
 
+    def _write_together(self, work: Callable[[CursorWrapper], T]) -> T:
+        """``_write`` in a transaction of its own, for statements that must commit together. A
+        commit that fails is the write's failure too (``StorageError``): whether it happened,
+        the next run reads."""
+        try:
+            with transaction.atomic(using=self.alias):
+                return self._write(work)
+        except DataError as exc:
+            raise PayloadError(f"The database {self.alias!r} refused a value: {exc}") from exc
+        except DatabaseError as exc:
+            raise self._storage_error(exc) from exc
+
     def _storage_error(self, exc: DatabaseError) -> Exception:
         """The error to raise for a failed write: the same one if the tables are missing (no
         waiting mends that), else ``StorageError`` (the workflow keeps its last checkpoint)."""
@@ -497,8 +509,7 @@ class Store:
 
         if wake_id is None:
             return self._write(work)
-        with transaction.atomic(using=self.alias):
-            return self._write(work)
+        return self._write_together(work)
 
     def _wake(self, cursor: CursorWrapper, sql: str, params: dict[str, Any]) -> bool:
         """Run a wake-up statement; notify the workers of the woken workflow's queue."""
@@ -551,8 +562,7 @@ class Store:
                 self._notify(cursor, row[1])
             return str(row[0])
 
-        with transaction.atomic(using=self.alias):
-            return self._write(work)
+        return self._write_together(work)
 
     def receive_event(self, workflow_id: int, name: str, step_id: str) -> tuple[bool, str | None]:
         """Mark the oldest event ``name`` not yet received as received by ``step_id``; return
@@ -595,8 +605,7 @@ class Store:
                 self._notify(cursor, queue)
             return int(fork), str(queue)
 
-        with transaction.atomic(using=self.alias):
-            return self._write(work)
+        return self._write_together(work)
 
     def _ids(self, ids: list[int]) -> Any:
         return ids if self.vendor == "postgresql" else json.dumps(ids)

@@ -249,3 +249,73 @@ def test_an_inline_run_stopped_by_an_outage_names_its_workflow_and_gives_it_back
     assert script.wait(timeout=20) == 0
     row = workflow_row(database, 1)
     assert row["status"] == "PENDING"  # given back as the process exited, not left to expire
+
+
+# At the commit of the first transaction that saves a step whose id starts with a prefix of
+# pgqrs_test_fault (or, for the prefix "end of a child", that ends a child workflow), the server
+# ends the session, as an outage would at that moment. Once only: a sequence counts, and a
+# sequence is not rolled back with the transaction.
+FAULT_AT_COMMIT = """
+CREATE TABLE pgqrs_test_fault (prefix text NOT NULL);
+CREATE SEQUENCE pgqrs_test_fault_seq;
+CREATE FUNCTION pgqrs_test_fault() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_TABLE_NAME = 'pgqrs_workflows' THEN
+        IF NEW.parent_id IS NULL OR NEW.status <> 'SUCCESS'
+                OR NOT EXISTS (SELECT 1 FROM pgqrs_test_fault WHERE prefix = 'end of a child') THEN
+            RETURN NULL;
+        END IF;
+    ELSIF NOT EXISTS (SELECT 1 FROM pgqrs_test_fault WHERE NEW.step_id LIKE prefix || '%%') THEN
+        RETURN NULL;
+    END IF;
+    IF nextval('pgqrs_test_fault_seq') = 1 THEN
+        PERFORM pg_terminate_backend(pg_backend_pid());
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE CONSTRAINT TRIGGER pgqrs_test_fault AFTER INSERT ON pgqrs_workflow_steps
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION pgqrs_test_fault();
+CREATE CONSTRAINT TRIGGER pgqrs_test_fault AFTER UPDATE ON pgqrs_workflows
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION pgqrs_test_fault();
+"""
+
+
+@pytest.mark.parametrize(
+    ("prefix", "name", "arguments", "result"),
+    [
+        ("pgqrs.start:", "one_child", [5], 7),
+        ("pgqrs.event:", "waiter", ["go", None], ["payload", "received"]),
+        ("end of a child", "one_child", [5], 7),
+    ],
+    ids=["starting a child", "receiving an event", "ending a child"],
+)
+def test_a_durable_primitive_whose_commit_meets_an_outage_is_not_failed(
+    processes, database, prefix, name, arguments, result
+):
+    """The commit of a child's start, of an event's receipt or of a child's end (which wakes its
+    parent) is the engine's own write: the loss of its connection is an outage (the workflow
+    goes on from its last checkpoint), never the workflow's failure."""
+    with database.connect(autocommit=True) as db:
+        db.execute(FAULT_AT_COMMIT)
+        db.execute("INSERT INTO pgqrs_test_fault VALUES (%s)", [prefix])
+    database.enqueue([(name, arguments, 0.0)])
+    worker = processes.start("pgqrs_worker", "--concurrency", "2", **FAST, **database.settings)
+    if name == "waiter":
+        wait_for_status(database, 1, "SLEEPING", timeout=20)
+        sent = database.django(
+            "shell", "-c", "from django_pgqrs import send_event; send_event(1, 'go', 'payload')"
+        )
+        assert sent.returncode == 0, sent.stderr
+    row = wait_for_status(database, 1, "SUCCESS", timeout=30)
+    stderr = processes.stderr_of(worker)
+    interrupted = "Workflow 2 (add_two)" if prefix == "end of a child" else f"Workflow 1 ({name})"
+    assert f"{interrupted} interrupted" in stderr, stderr
+    shown = row["result"] if name == "one_child" else [row["result"][0], "received"]
+    assert shown == result
+    with database.connect() as db:
+        # Two commits saved the step: the first was cut, the second (the next run's) held.
+        assert db.execute("SELECT nextval('pgqrs_test_fault_seq')").fetchone() == (3,)
+        workflows = db.execute("SELECT count(*) FROM pgqrs_workflows").fetchone()
+    assert workflows == (2 if name == "one_child" else 1,)  # the child started once
+    worker.terminate()
+    assert worker.wait(timeout=20) == 0, processes.stderr_of(worker)
