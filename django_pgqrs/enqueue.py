@@ -127,7 +127,7 @@ def start(
             definition.func.__module__,
         )
     store = store_for(workflows_alias())
-    workflow_id = insert_workflow(
+    workflow_id, _ = insert_or_find(
         store,
         definition,
         args,
@@ -139,35 +139,6 @@ def start(
         deadline_at=deadline_for(definition, timeout),
     )
     return WorkflowHandle(workflow_id, store.alias)
-
-
-def insert_workflow(
-    store: Store,
-    definition: WorkflowFunction[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    *,
-    idempotency_key: str | None,
-    queue: str,
-    priority: int,
-    run_at: datetime.datetime | datetime.timedelta | None,
-    deadline_at: datetime.datetime | None,
-    parent_id: int | None = None,
-) -> int:
-    """Save a PENDING workflow for workers (they hear of it when the transaction commits);
-    return its id, or that of the workflow already saved with ``idempotency_key``."""
-    return insert_or_find(
-        store,
-        definition,
-        args,
-        kwargs,
-        idempotency_key=idempotency_key,
-        queue=queue,
-        priority=priority,
-        run_at=run_at,
-        deadline_at=deadline_at,
-        parent_id=parent_id,
-    )[0]
 
 
 def insert_or_find(
@@ -183,8 +154,9 @@ def insert_or_find(
     deadline_at: datetime.datetime | None,
     parent_id: int | None = None,
 ) -> tuple[int, bool]:
-    """``insert_workflow``, saying also whether it saved a new workflow (True) or found the
-    one saved with ``idempotency_key`` (False)."""
+    """Save a PENDING workflow for workers (they hear of it when the transaction commits);
+    return its id, and whether it saved a new one (True) or found the one saved with
+    ``idempotency_key`` (False)."""
     name = definition.name
     arguments(definition, args, kwargs)
     if not isinstance(queue, str) or not 0 < len(queue) <= 64:
