@@ -13,7 +13,7 @@ from django.utils import timezone
 from . import clock, codec, registry
 from .async_support import refuse_in_event_loop
 from .conf import conf
-from .exceptions import WorkflowMismatch
+from .exceptions import StorageError, WorkflowMismatch
 from .handles import WorkflowHandle
 from .inputs import arguments, encode_input
 from .models import Workflow, WorkflowStatus
@@ -175,29 +175,43 @@ def insert_or_find(
     elif run_at is not None:
         raise TypeError(f"run_at must be a datetime or a timedelta, not {type(run_at).__name__}.")
     text = encode_input(name, args, kwargs)
-    inserted = store.insert(
-        name=name,
-        input_text=text,
-        lease=conf.LEASE_SECONDS,
-        delay=delay,
-        run_at=due,
-        queue=queue,
-        priority=priority,
-        idempotency_key=idempotency_key,
-        parent_id=parent_id,
-        deadline_at=deadline_at,
-        # Workers hear of a workflow due now; one due later is found by their poll.
-        notify=delay <= 0 and (due is None or due <= timezone.now()),
-    )
-    if inserted is not None:
-        return inserted[0], True
-    existing = Workflow.objects.using(store.alias).get(idempotency_key=idempotency_key)
-    if existing.name != name:
-        raise WorkflowMismatch(
-            f"The idempotency key {idempotency_key!r} belongs to workflow {existing.id}, a "
-            f"{existing.name!r} workflow, not {name!r}."
+    # The key's holder may be deleted (pruned) between the insert that found it and the
+    # look-up: then the key is free, and the insert is tried again.
+    for _ in range(3):
+        inserted = store.insert(
+            name=name,
+            input_text=text,
+            lease=conf.LEASE_SECONDS,
+            delay=delay,
+            run_at=due,
+            queue=queue,
+            priority=priority,
+            idempotency_key=idempotency_key,
+            parent_id=parent_id,
+            deadline_at=deadline_at,
+            # Workers hear of a workflow due now; one due later is found by their poll.
+            notify=delay <= 0 and (due is None or due <= timezone.now()),
         )
-    return existing.id, False
+        if inserted is not None:
+            return inserted[0], True
+        existing = (
+            Workflow.objects.using(store.alias)
+            .filter(idempotency_key=idempotency_key)
+            .values_list("pk", "name")
+            .first()
+        )
+        if existing is None:
+            continue
+        if existing[1] != name:
+            raise WorkflowMismatch(
+                f"The idempotency key {idempotency_key!r} belongs to workflow {existing[0]}, a "
+                f"{existing[1]!r} workflow, not {name!r}."
+            )
+        return existing[0], False
+    raise StorageError(
+        store.alias,
+        RuntimeError(f"the holder of idempotency key {idempotency_key!r} kept changing"),
+    )
 
 
 def deadline_for(

@@ -172,7 +172,7 @@ def fork_workflow(
     ``WorkflowNotFound``, or ``ValueError`` for a step it did not save.
     """
     alias = workflows_alias()
-    row = Workflow.objects.using(alias).filter(pk=workflow_id).values("error").first()
+    row = Workflow.objects.using(alias).filter(pk=workflow_id).values("error", "name").first()
     if row is None:
         raise WorkflowNotFound(workflow_id)
     step = from_step or (row["error"] or {}).get("step")
@@ -189,9 +189,11 @@ def fork_workflow(
             f"{saved or 'none'})."
         )
     delay = conf.LEASE_SECONDS if run_here else 0.0
-    name = Workflow.objects.using(alias).values_list("name", flat=True).get(pk=workflow_id)
+    name = row["name"]
     deadline = None
     if registry.is_registered(name):  # the fork runs with the current code: its timeout
         deadline = deadline_for(registry.get_workflow(name), None)
-    fork, _ = store_for(alias).fork(workflow_id, position, delay, deadline)
-    return WorkflowHandle(fork, alias)
+    made = store_for(alias).fork(workflow_id, position, delay, deadline)
+    if made is None:  # deleted meanwhile (pruned, say)
+        raise WorkflowNotFound(workflow_id)
+    return WorkflowHandle(made[0], alias)

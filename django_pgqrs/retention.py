@@ -24,7 +24,7 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from django.db import connections, transaction
+from django.db import OperationalError, connections, transaction
 from django.db.backends.utils import CursorWrapper
 from django.db.transaction import TransactionManagementError
 from django.utils import timezone
@@ -102,16 +102,31 @@ def prune(
     }
     total = PruneCounts()
     after = 0
+    deadlocks = 0
     while True:
-        with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
-            roots = _column(cursor, sql.roots, {**params, "after": after})
-            if not roots:
-                break
-            after = roots[-1]
-            ids = roots + _descendants(cursor, sql, params, roots)
-            batch = _count(cursor, sql, ids) if dry_run else _delete(cursor, sql, ids)
+        try:
+            with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
+                roots = _column(cursor, sql.roots, {**params, "after": after})
+                if not roots:
+                    break
+                trees = _descendants(cursor, sql, params, roots)
+                if sql.lock_all_children:
+                    trees = _without_unfinished_children(cursor, sql, trees)
+                ids = [pk for tree in trees.values() for pk in tree]
+                if not ids:
+                    batch = PruneCounts()
+                else:
+                    batch = _count(cursor, sql, ids) if dry_run else _delete(cursor, sql, ids)
+        except OperationalError as exc:
+            # Two prunes at once may each hold a row the other's unlinking needs; the one
+            # PostgreSQL picks rolls back, and takes its batch again.
+            if getattr(exc.__cause__, "sqlstate", None) != "40P01" or deadlocks >= 5:
+                raise
+            deadlocks += 1
+            continue
+        after = roots[-1]
         total.add(batch)
-        if progress is not None:
+        if progress is not None and batch.workflows:
             progress(batch, total)
     return total
 
@@ -130,14 +145,31 @@ def _refuse_in_transaction(alias: str) -> None:
 
 def _descendants(
     cursor: CursorWrapper, sql: _Statements, params: dict[str, Any], roots: list[int]
-) -> list[int]:
-    """The children of ``roots`` that qualify, and theirs, and so on down."""
-    found: list[int] = []
+) -> dict[int, list[int]]:
+    """Each root with the children that qualify, and theirs, and so on down (the root first)."""
+    trees = {root: [root] for root in roots}
+    root_of = {root: root for root in roots}
     level = roots
     while level:
-        level = _column(cursor, sql.children, {**params, "ids": sql.array(level)})
-        found += level
-    return found
+        cursor.execute(sql.children, {**params, "ids": sql.array(level)})
+        level = []
+        for child, parent in cursor.fetchall():
+            root_of[int(child)] = root_of[int(parent)]
+            trees[root_of[int(parent)]].append(int(child))
+            level.append(int(child))
+    return trees
+
+
+def _without_unfinished_children(
+    cursor: CursorWrapper, sql: _Statements, trees: dict[int, list[int]]
+) -> dict[int, list[int]]:
+    """The trees none of whose workflows has an unfinished child, read once every child of the
+    batch is locked: a child requeued (or resumed) since the batch was chosen is seen as it is
+    now, and one being changed is waited for. The others are left for a later pass."""
+    ids = [pk for tree in trees.values() for pk in tree]
+    cursor.execute(sql.lock_all_children, {"ids": sql.array(ids)})
+    busy = {int(parent) for parent, status in cursor.fetchall() if status not in FINISHED}
+    return {root: tree for root, tree in trees.items() if not busy.intersection(tree)}
 
 
 def _count(cursor: CursorWrapper, sql: _Statements, ids: list[int]) -> PruneCounts:
@@ -199,9 +231,20 @@ class _Statements:
             ORDER BY w.workflow_id
             LIMIT %(limit)s{lock_roots}"""
         self.children = f"""
-            SELECT w.workflow_id FROM {_WORKFLOWS} w
+            SELECT w.workflow_id, w.parent_id FROM {_WORKFLOWS} w
             WHERE w.parent_id {self._in("ids", "bigint")} AND {qualifies}
             ORDER BY w.workflow_id{lock_children}"""
+        # Every child of the batch, as it is now (PostgreSQL): the statements above each read
+        # a snapshot of their own start, so a child may have changed since its parent was
+        # chosen. Locking waits for a change under way; what it reads is the row committed.
+        self.lock_all_children = (
+            f"""
+            SELECT w.parent_id, w.status FROM {_WORKFLOWS} w
+            WHERE w.parent_id {self._in("ids", "bigint")}
+            ORDER BY w.workflow_id FOR SHARE OF w"""
+            if postgres and not dry_run
+            else ""
+        )
         ids = self._in("ids", "bigint")
         self.count_steps = f"SELECT count(*) FROM {_STEPS} WHERE workflow_id {ids}"
         self.count_events = f"SELECT count(*) FROM {_EVENTS} WHERE workflow_id {ids}"

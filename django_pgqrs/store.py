@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from django.db import (
     DatabaseError,
     DataError,
+    IntegrityError,
     ProgrammingError,
     connections,
     router,
@@ -228,6 +229,8 @@ class Store:
         try:
             with transaction.atomic(using=self.alias):
                 return self._write(work)
+        except IntegrityError:
+            raise  # a key checked at commit: the caller's to say what it means
         except DataError as exc:
             raise PayloadError(f"The database {self.alias!r} refused a value: {exc}") from exc
         except DatabaseError as exc:
@@ -589,23 +592,30 @@ class Store:
         position: int,
         delay: float = 0.0,
         deadline_at: datetime.datetime | None = None,
-    ) -> tuple[int, str]:
+    ) -> tuple[int, str] | None:
         """Save a fork of a workflow, with its checkpoints before ``position``, due after
         ``delay``; return the fork's id and queue (workers hear of one due now when the
-        transaction commits)."""
+        transaction commits), or None if the workflow is gone (deleted meanwhile)."""
         params = self._params(
             0, delay, id=workflow_id, position=position, deadline_at=self._adapt(deadline_at)
         )
 
-        def work(cursor: CursorWrapper) -> tuple[int, str]:
-            fork, queue = _one(cursor, self.sql_fork, params)
+        def work(cursor: CursorWrapper) -> tuple[int, str] | None:
+            row = _one(cursor, self.sql_fork, params)
+            if row is None:
+                return None
+            fork, queue = row
             if self.vendor == "sqlite":
                 cursor.execute(self.sql_fork_steps, {**params, "fork": fork})
             if delay <= 0:
                 self._notify(cursor, queue)
             return int(fork), str(queue)
 
-        return self._write_together(work)
+        try:
+            return self._write_together(work)
+        except IntegrityError:
+            # Its forked_from key, checked at commit: the original was deleted meanwhile.
+            return None
 
     def _ids(self, ids: list[int]) -> Any:
         return ids if self.vendor == "postgresql" else json.dumps(ids)
