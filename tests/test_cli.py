@@ -174,6 +174,10 @@ def test_list_says_when_nothing_matches():
         (["--since", "3y"], "argument --since: '3y' is neither a duration"),
         (["--status", "DONE"], "argument --status: invalid choice: 'DONE'"),
         (["--limit", "0"], "argument --limit: 0 is not at least 1"),
+        (["--limit", "1000001"], "argument --limit: 1000001 is more than 1000000"),
+        (["--limit", "9" * 5000], r"argument --limit: 9{37}\.\.\. is more than 1000000"),
+        (["--since", "99999999w"], "argument --since: '99999999w' is too long ago"),
+        (["--since", "9" * 5000 + "s"], r"argument --since: '9{37}\.\.\.' is too long ago"),
     ],
 )
 def test_list_refuses_bad_arguments(args, message):
@@ -347,6 +351,150 @@ def test_show_of_an_unknown_id_says_it_does_not_exist():
     with pytest.raises(CommandError) as caught:
         command("pgqrs_show", "999999")
     assert str(caught.value) == "Workflow 999999 does not exist."
+    with pytest.raises(CommandError, match=r"^Workflow 100000000000000000000 does not exist\.$"):
+        command("pgqrs_show", str(10**20))
+
+
+def write(sql: str, params: list[Any]) -> None:
+    """Write a row as a hand would, past the models."""
+    cast = "::jsonb" if connection.vendor == "postgresql" else ""
+    with connection.cursor() as cursor:
+        cursor.execute(sql.replace("{cast}", cast), params)
+
+
+@pytest.mark.django_db
+def test_show_lists_the_first_and_the_last_steps_of_a_long_workflow(monkeypatch):
+    from django_pgqrs.management.commands import pgqrs_show
+
+    monkeypatch.setattr(pgqrs_show, "EDGE_STEPS", 2)
+    few, many = make(steps=4), make(steps=7)
+
+    def listed(workflow: Workflow) -> list[str]:
+        text = command("pgqrs_show", str(workflow.id))
+        return text[text.index("Steps (") :].splitlines()
+
+    assert [line.split()[:2] for line in listed(few)[2:]] == [[str(n), f"s{n}"] for n in range(4)]
+    lines = listed(many)
+    assert lines[0] == "Steps (7):"
+    assert [line.split()[0] for line in lines[2:4] + lines[5:]] == ["0", "1", "5", "6"]
+    assert lines[4] == "  ... 3 more steps (--json lists them all)"
+    assert len(json.loads(command("pgqrs_show", str(many.id), "--json"))["steps"]) == 7
+    WorkflowStep.objects.filter(workflow=many, position__in=[3, 6]).delete()
+    assert listed(many)[4] == "  ... 1 more step (--json lists them all)"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("steps", [0, 1, 3])
+def test_show_json_written_step_by_step_is_what_json_dumps_writes(steps):
+    workflow = make(steps=steps)
+    # U+2028 and U+0085 end lines for str.splitlines(), and JSON leaves them as they are.
+    WorkflowStep.objects.filter(workflow=workflow).update(output={"text": "a\u2028b\x85c\nd"})
+    out = command("pgqrs_show", str(workflow.id), "--json")
+    data = json.loads(out)
+    assert out == json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    assert [step["output"] for step in data["steps"]] == [{"text": "a\u2028b\x85c\nd"}] * steps
+
+
+@pytest.mark.django_db
+def test_show_gives_an_error_that_is_not_an_object_as_its_message():
+    workflow = make("ERROR")
+    WorkflowStep.objects.create(workflow=workflow, step_id="s", position=0, status="ERROR")
+    write(
+        "UPDATE pgqrs_workflows SET error = %s{cast} WHERE workflow_id = %s",
+        ['"the disk is full"', workflow.id],
+    )
+    write(
+        "UPDATE pgqrs_workflow_steps SET error = %s{cast} WHERE workflow_id = %s",
+        ['["a", 1]', workflow.id],
+    )
+    text = command("pgqrs_show", str(workflow.id))
+    assert "\nError: the disk is full\n" in text
+    assert text.splitlines()[-1].split()[:3] == ["0", "s", "ERROR"]
+    assert text.splitlines()[-1].endswith('  ["a", 1]')
+    data = json.loads(command("pgqrs_show", str(workflow.id), "--json"))
+    assert data["error"] == {
+        "type": None,
+        "message": "the disk is full",
+        "traceback": None,
+        "step": None,
+    }
+    assert data["steps"][0]["error"]["message"] == '["a", 1]'
+
+
+@pytest.mark.django_db
+def test_show_prints_a_traceback_that_is_not_text_and_a_run_whose_error_is_text():
+    workflow = make(
+        "ERROR",
+        error={"type": "E", "message": "m", "traceback": 5},
+        history=[{"attempt": 1, "outcome": "ERROR", "error": "by hand"}],
+    )
+    text = command("pgqrs_show", str(workflow.id))
+    assert "\nError: E: m\n  5\n" in text
+    assert text.split("Runs (1):")[1].splitlines()[2].endswith("  by hand")
+    data = json.loads(command("pgqrs_show", str(workflow.id), "--json"))
+    assert data["error"]["traceback"] == 5
+    assert data["runs"][0]["error"] == {"type": None, "message": "by hand", "step": None}
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("ended", ["9999-12-31T23:59:59-05:00", "0001-01-01T00:00:00+05:00"])
+def test_show_prints_a_time_past_the_range_of_utc_with_its_own_offset(ended):
+    workflow = make("ERROR", history=[{"attempt": 1, "outcome": "ERROR", "ended_at": ended}])
+    text = command("pgqrs_show", str(workflow.id))
+    assert f"  {ended.replace('T', ' ')}\n" in text.split("Runs (1):")[1]
+    data = json.loads(command("pgqrs_show", str(workflow.id), "--json"))
+    assert data["runs"][0]["ended_at"] == ended
+
+
+@pytest.mark.django_db
+def test_show_prints_a_payload_python_cannot_read_as_saved():
+    workflow = make("SUCCESS")
+    write(
+        "UPDATE pgqrs_workflows SET input = %s{cast}, result = %s{cast} WHERE workflow_id = %s",
+        ['{"args": [1e5000], "kwargs": {}}', "2e400", workflow.id],
+    )
+    data = json.loads(
+        command("pgqrs_show", str(workflow.id), "--json"),
+        parse_constant=lambda name: pytest.fail(f"not JSON: {name}"),
+    )
+    # The text as saved: jsonb writes the number out in full, SQLite as given.
+    assert isinstance(data["input"], str) and data["input"].startswith('{"args": [')
+    assert data["input"].endswith('], "kwargs": {}}')
+    # 2e400 past a float: as saved on SQLite; jsonb gives its digits, an int here.
+    assert data["result"] == ("2e400" if connection.vendor == "sqlite" else 2 * 10**400)
+    text = command("pgqrs_show", str(workflow.id))
+    assert f"\nInput:\n  {data['input']}\n" in text
+
+
+@pytest.mark.django_db
+def test_show_prints_errors_and_history_python_cannot_read_as_saved():
+    workflow = make("ERROR")
+    WorkflowStep.objects.create(workflow=workflow, step_id="s", position=0, status="ERROR")
+    error = '{"type": "E", "message": 1e5000}'
+    write(
+        "UPDATE pgqrs_workflows SET error = %s{cast}, history = %s{cast} WHERE workflow_id = %s",
+        [error, '[{"attempt": 1e5000}]', workflow.id],
+    )
+    write(
+        "UPDATE pgqrs_workflow_steps SET error = %s{cast} WHERE workflow_id = %s",
+        [error, workflow.id],
+    )
+    data = json.loads(command("pgqrs_show", str(workflow.id), "--json"))
+    assert data["error"]["type"] is None and data["error"]["message"].startswith('{"type": "E"')
+    assert data["steps"][0]["error"] == data["error"]
+    assert data["runs"] == []
+    assert '\nError: {"type": "E", "message": 1' in command("pgqrs_show", str(workflow.id))
+
+
+@pytest.mark.django_db
+def test_show_prints_a_payload_nested_too_deep_for_python_as_saved(postgres_only):
+    workflow = make("SUCCESS")
+    deep = "[" * 2000 + "]" * 2000  # jsonb takes it; json.loads runs out of recursion
+    write(
+        "UPDATE pgqrs_workflows SET result = %s{cast} WHERE workflow_id = %s", [deep, workflow.id]
+    )
+    assert json.loads(command("pgqrs_show", str(workflow.id), "--json"))["result"] == deep
+    assert f"\nResult:\n  {deep}\n" in command("pgqrs_show", str(workflow.id))
 
 
 # --- pgqrs_cancel and pgqrs_requeue -------------------------------------------------------------
@@ -397,6 +545,19 @@ def test_requeue_queues_failed_workflows_and_skips_the_others():
     assert Workflow.objects.get(pk=running.id).status == "RUNNING"
     with pytest.raises(CommandError, match=r"^Workflow 999999 does not exist\.$"):
         command("pgqrs_requeue", "999999")
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("name", ["pgqrs_cancel", "pgqrs_requeue"])
+def test_an_id_no_column_can_hold_does_not_exist(name):
+    failed = make("ERROR")
+    out = StringIO()
+    outside = [str(2**63), str(-(2**63) - 1), str(10**30)]
+    with pytest.raises(CommandError) as caught:
+        call_command(name, str(failed.id), *outside, str(2**63 - 1), stdout=out)
+    assert str(caught.value) == f"Workflows {', '.join(outside)}, {2**63 - 1} do not exist."
+    assert out.getvalue().startswith(("cancelled", "requeued"))
+    assert Workflow.objects.get(pk=failed.id).status in ("CANCELLED", "PENDING")
 
 
 @pytest.mark.django_db
@@ -595,6 +756,72 @@ def test_prune_refuses_statuses_that_are_not_finished_ones():
         command("pgqrs_prune")
 
 
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--batch-size", "1000001"], "argument --batch-size: 1000001 is more than 1000000"),
+        (["--batch-size", str(10**20)], "argument --batch-size: 100000000000000000000 is more"),
+        (["--older-than", "1000000000d"], "argument --older-than: '1000000000d' is too long ago"),
+        (["--older-than", "9" * 22 + "s"], "argument --older-than: '9{22}s' is too long ago"),
+    ],
+)
+def test_prune_refuses_numbers_past_its_bounds(args, message):
+    make("SUCCESS", age=40 * DAY)
+    with pytest.raises(CommandError, match=message):
+        command("pgqrs_prune", "--older-than", "1d", *args)
+    assert len(alive()) == 1
+
+
+@pytest.mark.django_db
+def test_prune_takes_the_largest_batch_size():
+    make("SUCCESS", age=40 * DAY)
+    out = command("pgqrs_prune", "--older-than", "30d", "--batch-size", "1000000")
+    assert out.startswith("batch 1: deleted 1 workflow")
+    assert not alive()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("cutoff", "printed", "pruned"),
+    [
+        ("9999-12-31T23:00:00-05:00", "9999-12-31 23:59:59", True),
+        ("0001-01-01T00:00:00+05:00", "0001-01-01 00:00:00", False),
+    ],
+)
+def test_prune_takes_a_cutoff_past_the_range_of_utc_as_its_end(cutoff, printed, pruned):
+    """9999-12-31T23:00:00-05:00 is 10000-01-01 in UTC, which no database time reaches: the
+    last time there is, the same cutoff for every row."""
+    from django_pgqrs.management import cli
+
+    extreme = cli.moment(cutoff)
+    assert extreme in (
+        datetime.datetime.max.replace(tzinfo=datetime.UTC),
+        datetime.datetime.min.replace(tzinfo=datetime.UTC),
+    )
+    make("SUCCESS", age=40 * DAY)
+    out = command("pgqrs_prune", "--older-than", cutoff)
+    assert f"last updated before {printed} (SUCCESS, CANCELLED)" in out
+    assert bool(alive()) is not pruned
+    listed = json.loads(command("pgqrs_list", "--json", "--since", cutoff))
+    assert len(listed) == (0 if pruned else len(alive()))
+
+
+def test_times_that_do_not_fit_in_utc_or_here_keep_their_offset(settings):
+    from django_pgqrs.management import cli
+
+    end = datetime.datetime(
+        9999, 12, 31, 23, 0, tzinfo=datetime.timezone(-datetime.timedelta(hours=5))
+    )
+    assert cli.local(end) == "9999-12-31 23:00:00-05:00"
+    assert cli.iso(end) == "9999-12-31T23:00:00-05:00"
+    settings.TIME_ZONE = "Asia/Tokyo"
+    last = datetime.datetime(9999, 12, 31, 20, 0, tzinfo=datetime.UTC)
+    assert cli.local(last) == "9999-12-31 20:00:00+00:00"  # 10000-01-01 in Tokyo
+    assert cli.iso(last) == "9999-12-31T20:00:00+00:00"
+    assert cli.local(T0) == "2024-05-01 21:00:00"
+
+
 @pytest.mark.django_db(transaction=True)
 def test_each_batch_is_committed_before_the_next_begins():
     for _ in range(4):
@@ -663,11 +890,17 @@ def test_list_and_prune_run_as_commands(processes):
 @pytest.mark.parametrize(
     ("name", "words"),
     [
-        ("pgqrs_list", ["--status STATUS [STATUS ...]", "--since DURATION_OR_DATE", "--json"]),
-        ("pgqrs_show", ["workflow_id", "--json", "traceback"]),
+        (
+            "pgqrs_list",
+            ["--status STATUS [STATUS ...]", "--since DURATION_OR_DATE", "--json", "up to 1000000"],
+        ),
+        ("pgqrs_show", ["workflow_id", "--json", "traceback", "first 50 and the last 50"]),
         ("pgqrs_cancel", ["ID [ID ...]", "unfinished children", "status 1"]),
         ("pgqrs_requeue", ["ID [ID ...]", "last checkpoint", "status 1"]),
-        ("pgqrs_prune", ["--older-than DURATION_OR_DATE", "--dry-run", "--batch-size"]),
+        (
+            "pgqrs_prune",
+            ["--older-than DURATION_OR_DATE", "--dry-run", "--batch-size", "up to 1000000"],
+        ),
     ],
 )
 def test_help_describes_each_command(name, words):

@@ -15,15 +15,27 @@ from django.utils import timezone
 _DURATION = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
+# The most ``positive_int`` takes: past it, a usage error rather than a database's overflow.
+MOST = 1_000_000
+
+# The ids a database can hold (a signed 64-bit integer); any other does not exist.
+MIN_ID, MAX_ID = -(2**63), 2**63 - 1
+
 
 def moment(text: str) -> datetime.datetime:
     """An argparse type: ``30m``, ``2h``, ``7d`` (that long ago), or an ISO 8601 date or time
-    (in the current time zone unless it names one); an aware datetime."""
+    (in the current time zone unless it names one); an aware datetime, within the years 1 to
+    9999 in UTC."""
     text = text.strip()
     match = _DURATION.match(text)
     if match:
         amount, unit = match.groups()
-        return timezone.now() - datetime.timedelta(**{_UNITS[unit]: int(amount)})
+        try:
+            return timezone.now() - datetime.timedelta(**{_UNITS[unit]: int(amount)})
+        except (OverflowError, ValueError):  # ValueError: an int of more than 4,300 digits
+            raise argparse.ArgumentTypeError(
+                f"{clip(text, 40)!r} is too long ago (before the year 1)"
+            ) from None
     try:
         value = datetime.datetime.fromisoformat(text)
     except ValueError:
@@ -33,17 +45,28 @@ def moment(text: str) -> datetime.datetime:
         ) from None
     if timezone.is_naive(value):
         value = timezone.make_aware(value)
+    try:
+        value.astimezone(datetime.UTC)
+    except OverflowError:
+        # Past 9999-12-31 or before 0001-01-01 in UTC (9999-12-31T23:00:00-05:00): the same
+        # cutoff for every time a database holds, and one that databases can take.
+        far = datetime.datetime.max if value.year == datetime.MAXYEAR else datetime.datetime.min
+        value = far.replace(tzinfo=datetime.UTC)
     return value
 
 
 def positive_int(text: str) -> int:
-    """An argparse type: an integer of at least 1."""
+    """An argparse type: an integer from 1 to ``MOST`` (1,000,000)."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if text.strip().isdecimal():  # more than 4,300 digits
+            raise argparse.ArgumentTypeError(f"{clip(text, 40)} is more than {MOST}") from None
+        raise argparse.ArgumentTypeError(f"{clip(text, 40)!r} is not an integer") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not at least 1")
+    if value > MOST:
+        raise argparse.ArgumentTypeError(f"{clip(str(value), 40)} is more than {MOST}")
     return value
 
 
@@ -53,15 +76,27 @@ def upper(text: str) -> str:
 
 
 def local(value: datetime.datetime | None) -> str:
-    """A time for people: in the current time zone, to the second; ``-`` for none."""
+    """A time for people: in the current time zone, to the second; ``-`` for none. A time
+    that has no such time (past the year 9999 there, say) keeps its own offset."""
     if value is None:
         return "-"
-    return timezone.localtime(value).strftime("%Y-%m-%d %H:%M:%S")
+    try:
+        here = timezone.localtime(value)
+    except OverflowError:
+        return value.isoformat(sep=" ", timespec="seconds")
+    # Not strftime("%Y"), which writes the year 1 as "1".
+    return here.replace(tzinfo=None).isoformat(sep=" ", timespec="seconds")
 
 
 def iso(value: datetime.datetime | None) -> str | None:
-    """A time for programs: ISO 8601 in UTC, to the microsecond."""
-    return None if value is None else value.astimezone(datetime.UTC).isoformat()
+    """A time for programs: ISO 8601 in UTC, to the microsecond. A time that has none in UTC
+    (9999-12-31T23:00:00-05:00) keeps its own offset."""
+    if value is None:
+        return None
+    try:
+        return value.astimezone(datetime.UTC).isoformat()
+    except OverflowError:
+        return value.isoformat()
 
 
 def duration(
@@ -102,20 +137,28 @@ def clip(text: str, width: int) -> str:
 
 
 def error_line(error: dict[str, Any] | None) -> str:
-    """``Type: message`` of a saved error; empty for none."""
+    """``Type: message`` of a saved error (the message alone when it has no type); empty for
+    none."""
     if not error:
         return ""
-    message = error.get("message")
-    return f"{error.get('type')}: {message}" if message else str(error.get("type"))
+    kind, message = error.get("type"), error.get("message")
+    if kind is None:
+        return "" if message is None else str(message)
+    return f"{kind}: {message}" if message else str(kind)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """Left-aligned columns, two spaces apart, under a header; no trailing spaces."""
+    return "\n".join(table_lines(headers, rows))
+
+
+def table_lines(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """``table``: the header's line, then one per row."""
     widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
-    return "\n".join(
+    return [
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         for row in [headers, *rows]
-    )
+    ]
 
 
 def dumps(value: Any) -> str:
@@ -136,6 +179,11 @@ def id_list(ids: Sequence[int], most: int | None = None) -> str:
     if len(ids) > len(shown):
         text += f" ... and {len(ids) - len(shown)} more"
     return text
+
+
+def storable_id(pk: int) -> bool:
+    """Whether ``pk`` fits an id column (a signed 64-bit integer)."""
+    return MIN_ID <= pk <= MAX_ID
 
 
 def unique(ids: Sequence[int]) -> list[int]:
@@ -191,7 +239,12 @@ class OperationCommand(BaseCommand):
 
         workflows = Workflow.objects.using(workflows_alias())
         ids = unique(workflow_ids)
-        found = set(workflows.filter(pk__in=ids).values_list("pk", flat=True))
+        # An id no column can hold does not exist (SQLite cannot even compare one).
+        found = set(
+            workflows.filter(pk__in=[pk for pk in ids if storable_id(pk)]).values_list(
+                "pk", flat=True
+            )
+        )
         asked = [pk for pk in ids if pk in found]
         if asked:
             done = self.operate(asked)

@@ -44,7 +44,7 @@ class Command(BaseCommand):
             "--limit",
             type=cli.positive_int,
             default=50,
-            help="At most this many workflows (default: 50).",
+            help="At most this many workflows (default: 50; up to 1000000).",
         )
         parser.add_argument(
             "--json",

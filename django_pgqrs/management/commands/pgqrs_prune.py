@@ -47,8 +47,8 @@ class Command(BaseCommand):
             "--batch-size",
             type=cli.positive_int,
             default=10_000,
-            help="Workflows per batch and transaction (default: 10000; a batch also takes the "
-            "children of its workflows).",
+            help="Workflows per batch and transaction (default: 10000; up to 1000000; a batch "
+            "also takes the children of its workflows).",
         )
 
     def handle(
