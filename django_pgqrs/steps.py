@@ -12,10 +12,10 @@ What a body raises decides what is saved:
 - a lost database connection of the workflows' database: not the step's failure, an outage. The
   run stops with ``StorageError``, saving nothing, and the workflow runs again from its last
   checkpoint once the database is back;
-- ``KeyboardInterrupt`` (or ``SystemExit`` in the main thread, where Python delivers signals):
-  the process is being stopped; nothing is saved, as if it had been killed;
-- any other ``BaseException`` (``SystemExit`` in a worker's thread, ``asyncio.CancelledError``):
-  saved as the step's error, never retried.
+- ``KeyboardInterrupt`` or ``SystemExit`` in the main thread (where Python delivers Ctrl-C and
+  signals): the process is being stopped; nothing is saved, as if it had been killed;
+- any other ``BaseException`` (either of those in a worker's thread, where only the code can
+  have raised it; ``asyncio.CancelledError``): saved as the step's error, never retried.
 """
 
 from __future__ import annotations
@@ -338,11 +338,14 @@ def _probe(step: str, after_body: bool) -> None:
 
 
 def interruption(exc: BaseException) -> bool:
-    """Whether ``exc`` stops this process rather than fails the code: Ctrl-C, ``SystemExit``
+    """Whether ``exc`` stops this process rather than fails the code: Ctrl-C or ``SystemExit``
     in the main thread (Python delivers signals there only), or a test's simulated crash."""
-    if isinstance(exc, KeyboardInterrupt | SimulatedCrash):
+    if isinstance(exc, SimulatedCrash):
         return True
-    return isinstance(exc, SystemExit) and threading.current_thread() is threading.main_thread()
+    # Python delivers Ctrl-C and signals to the main thread only: elsewhere (a worker's runner)
+    # a KeyboardInterrupt or SystemExit is what the code raised, its failure.
+    main = threading.current_thread() is threading.main_thread()
+    return isinstance(exc, KeyboardInterrupt | SystemExit) and main
 
 
 def outage(exc: BaseException, alias: str) -> bool:

@@ -144,6 +144,8 @@ def exits(ctx: Workflow, how: str) -> str:
         sys.exit(3)
     if how == "cancelled":
         raise asyncio.CancelledError()
+    if how == "interrupt":  # as a library might; no Ctrl-C reaches a worker's runner thread
+        raise KeyboardInterrupt("raised by the code")
     return how
 
 
