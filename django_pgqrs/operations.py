@@ -92,19 +92,32 @@ def cancel(workflow_ids: Iterable[int]) -> list[int]:
                 .values_list("pk", flat=True)
             )
         wake_parents(alias, cancelled)
-        if signals.workflow_finished.receivers:
-            for workflow_id, name in ended_now.items():
-                signals.send_on_commit(
-                    signals.workflow_finished,
-                    alias,
-                    workflow_id=workflow_id,
-                    name=name,
-                    status=WorkflowStatus.CANCELLED,
-                    result=None,
-                    error=None,
-                    exception=None,
-                )
+    # Once the caller's transaction commits (if any; at once in a test case's): a run of one of
+    # them in this process (a receiver or a step that cancels its own workflow, say) stops at
+    # its next step, as one elsewhere does at its next renewal; then the signals.
+    signals.after_commit(alias, lambda: _stop_runs_here(cancelled))
+    if signals.workflow_finished.receivers:
+        for workflow_id, name in ended_now.items():
+            signals.send_on_commit(
+                signals.workflow_finished,
+                alias,
+                workflow_id=workflow_id,
+                name=name,
+                status=WorkflowStatus.CANCELLED,
+                result=None,
+                error=None,
+                exception=None,
+            )
     return cancelled
+
+
+def _stop_runs_here(cancelled: list[int]) -> None:
+    from .runtime import _running
+
+    for workflow_id in cancelled:
+        run = _running.get(workflow_id)
+        if run is not None:
+            run.lease.lost = True
 
 
 def _appended(

@@ -22,7 +22,8 @@ caller. With no receiver connected, a signal costs a step or a run one truth tes
 ``step_finished``
     A step's checkpoint was saved: ``status`` ``SUCCESS`` or ``ERROR`` (after its retries).
     Arguments: ``workflow`` (the ``Workflow``), ``step_id`` (``name``, or ``name#N`` for its Nth
-    call), ``status``, ``attempts`` (how many times its body ran, over all runs), ``duration``
+    call), ``status``, ``attempts`` (how many times its body ran to an end, over all runs: a
+    run killed inside the body leaves no count), ``duration``
     (seconds, of its last attempt), ``error`` (a dict, on ERROR). Replayed steps send nothing.
 
 ``workflow_recovered``
@@ -84,5 +85,17 @@ class _ReceiverFailed(Exception):
 
 
 def send_on_commit(signal: Signal, using: str, **kwargs: Any) -> None:
-    """Send ``signal`` once the current transaction on ``using`` commits (at once outside one)."""
-    transaction.on_commit(lambda: send(signal, **kwargs), using=using)
+    """Send ``signal`` once the current transaction on ``using`` commits (at once outside one,
+    and inside a test case's, as the engine's own signals are)."""
+    after_commit(using, lambda: send(signal, **kwargs))
+
+
+def after_commit(using: str, callback: Any) -> None:
+    """Call ``callback`` once the current transaction on ``using`` commits: at once outside one,
+    and inside a test case's own blocks (which never commit; their rows are the test's)."""
+    connection = connections[using]
+    blocks = connection.atomic_blocks
+    if blocks and all(getattr(block, "_from_testcase", False) for block in blocks):
+        callback()
+    else:
+        transaction.on_commit(callback, using=using)

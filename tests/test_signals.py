@@ -307,3 +307,36 @@ def test_a_receiver_whose_query_fails_in_a_test_case_leaves_the_run_alone(caplog
     finally:
         signals.step_finished.disconnect(broken_query)
     assert Workflow.objects.get().status == "SUCCESS"
+
+
+@pytest.mark.django_db(transaction=False)
+def test_a_cancellation_in_a_test_case_is_sent_right_after_its_write(listen):
+    # As the engine's own signals are there: a test case's transaction never commits.
+    finished = listen(signals.workflow_finished)
+    handle = workflows.add_three.start(1)
+    assert cancel_workflow(handle.id) is True
+    (end,) = finished
+    assert (end["workflow_id"], end["status"]) == (handle.id, "CANCELLED")
+
+
+def test_a_receiver_that_cancels_its_own_workflow_stops_it_at_its_next_step(listen):
+    ran = listen(signals.step_finished)
+
+    def cancel_after_the_first(
+        sender: Any, workflow: Workflow, step_id: str, **kwargs: Any
+    ) -> None:
+        if step_id == "add_one":
+            cancel_workflow(workflow.id)
+
+    signals.step_finished.connect(cancel_after_the_first)
+    try:
+        handle = workflows.add_three.start(1)
+        Worker(burst=True).run()
+    finally:
+        signals.step_finished.disconnect(cancel_after_the_first)
+    assert handle.status() == "CANCELLED"
+    # The second step's body did not run: the cancellation reached this process's run at once,
+    # not at the lease's next renewal (its checkpoint would have been refused, but too late).
+    assert workflows.runs["add_one"] == 1
+    assert [signal["step_id"] for signal in ran] == ["add_one"]
+    assert list(WorkflowStep.objects.values_list("step_id", flat=True)) == ["add_one"]
