@@ -220,8 +220,14 @@ def resolve(name: str) -> WorkflowFunction[..., Any]:
 
 
 def find_task(module_path: str) -> Task[..., Any]:
-    """The ``Task`` at ``module_path``; raise ``ImportError`` if there is none."""
-    found = import_string(module_path)
+    """The ``Task`` at ``module_path``; raise ``ImportError`` if there is none, or if its module
+    raises whatever else on import (a module broken since the task was enqueued)."""
+    try:
+        found = import_string(module_path)
+    except ImportError:
+        raise
+    except Exception as exc:
+        raise ImportError(f"{module_path}: {type(exc).__name__}: {exc}") from exc
     if not isinstance(found, Task):
         raise ImportError(f"{module_path} is not a task (a function decorated with @task).")
     return found

@@ -454,3 +454,6 @@ def test_a_task_whose_function_is_gone_is_given_back_with_the_reason():
         assert "renamed or removed" in row.error["message"]
     with pytest.raises(TaskResultDoesNotExist, match="cannot be imported"):
         default_task_backend.get_result(str(missing.pk))
+    # A module that raises something else on import has no result either (it raised that).
+    with pytest.raises(TaskResultDoesNotExist, match="RuntimeError: this module is broken"):
+        default_task_backend.get_result(str(broken.pk))
