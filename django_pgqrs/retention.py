@@ -12,10 +12,11 @@ Each batch is one short transaction: it takes up to ``batch_size`` such workflow
 parent (locking them, and passing over rows another transaction holds), adds their children
 that qualify, locks every child of them and reads it as it is now (on PostgreSQL each statement
 reads its own snapshot: a child requeued meanwhile would go unseen), leaves out for a later run
-a tree in which one has an unfinished child, then deletes their steps and events, sets ``parent_id`` and ``forked_from_id`` to
-NULL where other workflows refer to them (Django's ``on_delete=SET_NULL``, by hand), and deletes
-them. Raw SQL: Django's collector would load every row, and its steps, into memory first.
-Idempotency keys of pruned workflows are free again, since their rows are gone.
+a tree in which one has an unfinished child, then deletes their steps and events, sets
+``parent_id`` and ``forked_from_id`` to NULL where other workflows refer to them (Django's
+``on_delete=SET_NULL``, by hand), and deletes them. Raw SQL: Django's collector would load
+every row, and its steps, into memory first. Idempotency keys of pruned workflows are free
+again, since their rows are gone.
 """
 
 from __future__ import annotations
