@@ -18,12 +18,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(autouse=True)
 def _reset_test_workflows() -> Iterator[None]:
+    from django_pgqrs.testing import reset_clock
+
     workflows.runs.clear()
     workflows.failures.clear()
     workflows.hooks.clear()
+    reset_clock()  # durable time as it is, whatever a test advanced
     yield
     workflows.failures.clear()
     workflows.hooks.clear()
+    reset_clock()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterator
 
 import pytest
 from django.utils import timezone
@@ -11,18 +10,11 @@ from django.utils import timezone
 from django_pgqrs import Workflow, resume
 from django_pgqrs.statements import HISTORY_LIMIT
 from django_pgqrs.store import store_for
-from django_pgqrs.testing import advance, drain, reset_clock
+from django_pgqrs.testing import advance, drain
 from tests import primitive_workflows as pw
 from tests import workflows
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def _real_time() -> Iterator[None]:
-    reset_clock()
-    yield
-    reset_clock()
 
 
 def test_a_run_that_ends_leaves_its_attempt_worker_time_and_outcome():

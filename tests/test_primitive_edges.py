@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 from django.db import connection, connections
@@ -26,19 +25,12 @@ from django_pgqrs import (
 )
 from django_pgqrs.checks import check_time_zones
 from django_pgqrs.primitives import RECHECK_OTHERS_SECONDS
-from django_pgqrs.testing import advance, drain, reset_clock
+from django_pgqrs.testing import advance, drain
 from tests import primitive_workflows as pw
 from tests import workflows
 from tests.workflows import runs
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def _real_time() -> Iterator[None]:
-    reset_clock()
-    yield
-    reset_clock()
 
 
 def test_a_parent_whose_child_is_cancelled_fails_with_it_and_does_not_loop():

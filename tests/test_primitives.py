@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterator
 
 import pytest
 from django.db import transaction
@@ -27,19 +26,12 @@ from django_pgqrs import (
     resume,
     send_event,
 )
-from django_pgqrs.testing import advance, drain, reset_clock
+from django_pgqrs.testing import advance, drain
 from tests import primitive_workflows as pw
 from tests import workflows
 from tests.workflows import runs
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def _real_time() -> Iterator[None]:
-    reset_clock()
-    yield
-    reset_clock()
 
 
 # --- Sleep --------------------------------------------------------------------------------------
