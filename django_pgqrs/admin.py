@@ -22,7 +22,7 @@ from django.utils.translation import gettext
 
 from . import admin_page
 from .admin_actions import OPERATIONS
-from .admin_display import FINISHED, UNFINISHED, duration, error_html, moment, status_badge, when
+from .admin_display import duration, error_html, moment, status_badge, when
 from .admin_list import (
     SEARCH_HELP,
     CreatedFilter,
@@ -32,8 +32,8 @@ from .admin_list import (
     WorkflowChangeList,
     search,
 )
-from .admin_views import WorkflowOperations
-from .models import Workflow
+from .admin_views import WorkflowOperations, change_url
+from .models import FINISHED, UNFINISHED, Workflow
 
 
 @admin.register(Workflow)
@@ -228,7 +228,7 @@ class WorkflowAdmin(WorkflowOperations):
         return format_html_join(
             ", ",
             '<a href="{}">{} {}</a> ({})',
-            ((_url(pk), name, pk, status) for pk, name, status in children),
+            ((change_url(pk), name, pk, status) for pk, name, status in children),
         )
 
     @admin.display(description="forked from")
@@ -280,11 +280,7 @@ class WorkflowAdmin(WorkflowOperations):
         return ", ".join(map(str, workflow.worker_ids)) or "-"
 
 
-def _url(workflow_id: int) -> str:
-    return reverse("admin:django_pgqrs_workflow_change", args=[workflow_id])
-
-
 def _link(workflow_id: int | None) -> str:
     if workflow_id is None:
         return "-"
-    return format_html('<a href="{}">{}</a>', _url(workflow_id), workflow_id)
+    return format_html('<a href="{}">{}</a>', change_url(workflow_id), workflow_id)

@@ -20,9 +20,8 @@ from django.db.models import CharField, QuerySet, Value
 from django.db.models.fields.json import KT
 
 from . import operations
-from .admin_display import FINISHED, UNFINISHED
 from .exceptions import PgqrsError
-from .models import Workflow
+from .models import FINISHED, UNFINISHED, Workflow
 
 BATCH = 1000
 # The confirmation page counts the selection's statuses up to this many workflows.
@@ -303,7 +302,6 @@ def summary(queryset: QuerySet[Workflow], operation: Operation) -> dict[str, Any
         "acted_on_text": f"{acted_on:,}",
         "statuses": statuses,
         "first": first_ids,
-        "shown": SHOWN_IDS,
     }
 
 

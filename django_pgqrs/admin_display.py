@@ -23,10 +23,8 @@ from django.utils.safestring import SafeString
 from . import codec
 from .exceptions import PayloadError
 
-FINISHED = ("SUCCESS", "ERROR", "CANCELLED")
 # A list or dict whose one-line form is at most this long is shown on one line.
 SHORT = 60
-UNFINISHED = ("PENDING", "RUNNING", "SLEEPING")
 
 
 def status_badge(status: str, note: str = "") -> SafeString:

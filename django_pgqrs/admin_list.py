@@ -32,8 +32,8 @@ from django.utils import timezone
 from django.utils.functional import cached_property
 
 from . import registry
-from .admin_display import UNFINISHED
-from .models import Workflow, WorkflowStep
+from .management.cli import storable_id
+from .models import UNFINISHED, Workflow, WorkflowStep
 
 if TYPE_CHECKING:
     from django.contrib.admin import ModelAdmin
@@ -194,13 +194,22 @@ class CreatedFilter(admin.SimpleListFilter):
         return queryset.filter(created_at__gte=timezone.now() - self.ranges[value][1])
 
 
+def error_columns() -> dict[str, Any]:
+    """Annotations of a workflow's error, read in SQL: its type, message (cut) and step."""
+    return {
+        "error_type": KT("error__type"),
+        "error_message": Left(KT("error__message"), 300),
+        "error_step": KT("error__step"),
+    }
+
+
 def search(queryset: QuerySet[Workflow], term: str) -> QuerySet[Workflow]:
     """The workflows ``term`` names: by id, name prefix, idempotency key or error message."""
     term = term.strip()
     if not term:
         return queryset
     found = Q(idempotency_key=term)
-    if term.isascii() and term.isdigit() and int(term) < 2**63:
+    if term.isascii() and term.isdigit() and storable_id(int(term)):
         return queryset.filter(found | Q(pk=int(term)))
     prefix = term.lower()
     names = {name for name in registry.workflow_names() if name.lower().startswith(prefix)}
@@ -248,9 +257,7 @@ class WorkflowChangeList(ChangeList):
             self.root_queryset.filter(pk__in=ids)
             .only(*LIST_COLUMNS)
             .annotate(
-                error_type=KT("error__type"),
-                error_message=Left(KT("error__message"), 300),
-                error_step=KT("error__step"),
+                **error_columns(),
                 # Evaluated for the page's unfinished workflows only.
                 last_step=Case(
                     When(status__in=UNFINISHED, then=Subquery(last.values("step_id")[:1]))

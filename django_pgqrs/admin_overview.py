@@ -18,14 +18,12 @@ from typing import Any
 
 from django.db import connections
 from django.db.models import Count, Q
-from django.db.models.fields.json import KT
-from django.db.models.functions import Left
 from django.utils import timezone
 
 from . import registry
-from .admin_display import FINISHED, ago, exact, when
-from .admin_list import planner_rows
-from .models import Workflow, WorkflowStatus
+from .admin_display import ago, exact, when
+from .admin_list import error_columns, planner_rows
+from .models import FINISHED, Workflow, WorkflowStatus
 
 COUNT_UP_TO = 100_000
 WINDOW = 100_000
@@ -144,11 +142,7 @@ def latest_failures(alias: str, now: datetime.datetime) -> list[Workflow]:
         Workflow.objects.using(alias)
         .filter(status=WorkflowStatus.ERROR)
         .only("id", "name", "status", "updated_at", "attempts")
-        .annotate(
-            error_type=KT("error__type"),
-            error_message=Left(KT("error__message"), 300),
-            error_step=KT("error__step"),
-        )
+        .annotate(**error_columns())
         .order_by("-pk")[:LISTED]
     )
     for row in rows:
@@ -163,7 +157,6 @@ def overview(alias: str) -> dict[str, Any]:
     names = by_name(alias, lowest, now)
     active, idle = split_idle(names)
     return {
-        "now": now,
         "status_counts": status_counts(alias),
         "window_size": size,
         "window_limit_text": f"{WINDOW:,}",

@@ -18,8 +18,8 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.safestring import SafeString
 
-from .admin_display import FINISHED, duration, status_badge, stored_value, value_preview, when
-from .models import Workflow, WorkflowStep
+from .admin_display import duration, status_badge, stored_value, value_preview, when
+from .models import FINISHED, Workflow, WorkflowStep
 
 STEPS_PER_PAGE = 100
 # A workflow's input and result are shown whole up to this many characters of JSON.
@@ -121,7 +121,6 @@ def steps(request: HttpRequest, workflow: Workflow) -> dict[str, Any]:
         "steps_first": first + 1 if rows else 0,
         "steps_last": first + len(rows),
         "steps_page": page,
-        "steps_pages": pages,
         "steps_links": links,
     }
 

@@ -36,9 +36,10 @@ from django.utils.safestring import SafeString
 
 from . import admin_actions
 from .admin_actions import OPERATIONS, Outcome
-from .admin_display import FINISHED, UNFINISHED, error_html, whole_value
+from .admin_display import error_html, whole_value
 from .admin_overview import overview
-from .models import Workflow, WorkflowEvent, WorkflowStep
+from .management.cli import storable_id
+from .models import FINISHED, UNFINISHED, Workflow, WorkflowEvent, WorkflowStep
 
 if TYPE_CHECKING:  # the admin's classes are generic for type checkers only
     WorkflowAdminBase = admin.ModelAdmin[Workflow]
@@ -68,7 +69,7 @@ class WorkflowOperations(WorkflowAdminBase):
     ) -> Any:
         """Refuse a selection that holds something else than workflow ids (a forged request)."""
         selected = request.POST.getlist(ACTION_CHECKBOX_NAME)
-        if not all(pk.isascii() and pk.isdigit() and int(pk) < 2**63 for pk in selected):
+        if not all(pk.isascii() and pk.isdigit() and storable_id(int(pk)) for pk in selected):
             return HttpResponseBadRequest("Workflow ids are numbers below 2**63.")
         return super().response_action(request, queryset, *args, **kwargs)
 
@@ -161,15 +162,15 @@ class WorkflowOperations(WorkflowAdminBase):
         steps = WorkflowStep.objects.filter(workflow_id__in=ids).count()
         events = WorkflowEvent.objects.filter(workflow_id__in=ids).count()
         listed: list[str] = [
-            format_html('<a href="{}">{}</a>', _change_url(w.pk), w) for w in workflows
+            format_html('<a href="{}">{}</a>', change_url(w.pk), w) for w in workflows
         ]
         if steps:
             listed.append(f"its {steps:,} steps" if len(ids) == 1 else f"their {steps:,} steps")
         if events:
             listed.append(f"{events:,} events")
         counts = {"workflows": len(ids), "steps": steps, "events": events}
-        refused = not all(self.has_delete_permission(request, w) for w in workflows)
-        return listed, counts, {"workflow"} if refused else set(), []
+        # Django's delete view asked has_delete_permission(request, obj) before this.
+        return listed, counts, set(), []
 
     def _one(self, workflow: Workflow) -> QuerySet[Workflow]:
         return Workflow.objects.using(workflow._state.db or "default").filter(pk=workflow.pk)
@@ -214,14 +215,14 @@ class WorkflowOperations(WorkflowAdminBase):
         """Resume, cancel or fork one workflow from its page: a confirmation, then the deed."""
         if operation not in ("resume", "cancel", "fork"):
             raise Http404
-        if not (self.has_view_permission(request) and self.has_operate_permission(request)):
+        if not self.has_operate_permission(request):
             raise PermissionDenied
-        workflow = get_object_or_404(self.get_queryset(request), pk=object_id)
-        page = _change_url(workflow.pk)
+        workflow = self.viewable(request, object_id)
+        page = change_url(workflow.pk)
         if request.method == "POST" and request.POST.get("confirm") == "yes":
             outcome = self.perform(request, self._one(workflow), operation)
             if workflow.pk in outcome.forks:
-                page = _change_url(outcome.forks[workflow.pk])
+                page = change_url(outcome.forks[workflow.pk])
             return HttpResponseRedirect(page)
         context = {
             "form_action": request.path,
@@ -297,5 +298,5 @@ def _user_id(request: HttpRequest) -> int:
     return int(request.user.pk)
 
 
-def _change_url(workflow_id: int) -> str:
+def change_url(workflow_id: int) -> str:
     return reverse("admin:django_pgqrs_workflow_change", args=[workflow_id])

@@ -53,11 +53,8 @@ class WorkflowFunction(Generic[P, R]):
     ) -> None:
         _check_sync(func, "workflow")
         _check_name(name, "workflow")
-        seconds = timeout.total_seconds() if isinstance(timeout, datetime.timedelta) else timeout
-        if seconds is not None and (
-            isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0
-        ):
-            raise ValueError(f"@workflow {name}: timeout must be a positive number of seconds.")
+        if timeout is not None:
+            enqueue.timeout_seconds(timeout, f"@workflow {name}: timeout")
         functools.update_wrapper(self, func)
         self.func = func
         self.name = name

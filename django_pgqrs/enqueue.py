@@ -221,10 +221,15 @@ def deadline_for(
     chosen = definition.timeout if timeout is None else timeout
     if chosen is None:
         return None
-    seconds = chosen.total_seconds() if isinstance(chosen, datetime.timedelta) else chosen
+    return clock.now() + datetime.timedelta(seconds=timeout_seconds(chosen, "timeout"))
+
+
+def timeout_seconds(timeout: float | datetime.timedelta, what: str) -> float:
+    """``timeout`` in seconds; raise ``ValueError`` unless it is a positive number of them."""
+    seconds = timeout.total_seconds() if isinstance(timeout, datetime.timedelta) else timeout
     if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0:
-        raise ValueError(f"timeout must be a positive number of seconds, not {chosen!r}.")
-    return clock.now() + datetime.timedelta(seconds=seconds)
+        raise ValueError(f"{what} must be a positive number of seconds, not {timeout!r}.")
+    return float(seconds)
 
 
 async def acreate_workflow(name: str, *args: Any, **kwargs: Any) -> Workflow:

@@ -13,8 +13,6 @@ from .exceptions import WorkflowCancelled, WorkflowFailed, WorkflowNotFound, Wor
 from .models import Workflow, WorkflowStatus
 from .replay import running_here
 
-FINISHED = (WorkflowStatus.SUCCESS, WorkflowStatus.ERROR, WorkflowStatus.CANCELLED)
-
 if TYPE_CHECKING:
     from typing_extensions import TypeVar
 

@@ -30,6 +30,11 @@ class WorkflowStatus(models.TextChoices):
     CANCELLED = "CANCELLED"
 
 
+# A finished workflow runs no more (unless resumed or forked); an unfinished one has a run to come.
+FINISHED = (WorkflowStatus.SUCCESS, WorkflowStatus.ERROR, WorkflowStatus.CANCELLED)
+UNFINISHED = (WorkflowStatus.PENDING, WorkflowStatus.RUNNING, WorkflowStatus.SLEEPING)
+
+
 class StepStatus(models.TextChoices):
     SUCCESS = "SUCCESS"
     ERROR = "ERROR"
@@ -42,9 +47,7 @@ def _payload(**kwargs: Any) -> models.JSONField[Any]:
 class WorkflowQuerySet(models.QuerySet["Workflow"]):
     def unfinished(self) -> WorkflowQuerySet:
         """Workflows that have not reached SUCCESS, ERROR or CANCELLED."""
-        return self.filter(
-            status__in=[WorkflowStatus.PENDING, WorkflowStatus.RUNNING, WorkflowStatus.SLEEPING]
-        )
+        return self.filter(status__in=UNFINISHED)
 
     def owned(self) -> WorkflowQuerySet:
         """Running workflows whose owner's lease has not expired (as of this process's clock)."""

@@ -14,10 +14,8 @@ from .conf import conf
 from .enqueue import deadline_for
 from .exceptions import WorkflowNotFound
 from .handles import WorkflowHandle
-from .models import Workflow, WorkflowStatus, WorkflowStep
+from .models import UNFINISHED, Workflow, WorkflowStatus, WorkflowStep
 from .store import store_for, workflows_alias
-
-UNFINISHED = [WorkflowStatus.PENDING, WorkflowStatus.RUNNING, WorkflowStatus.SLEEPING]
 
 
 def requeue(workflow_ids: Iterable[int]) -> list[int]:

@@ -39,7 +39,7 @@ from .exceptions import (
     WorkflowTimedOut,
     WorkflowUsageError,
 )
-from .models import Workflow, WorkflowStatus
+from .models import FINISHED, Workflow, WorkflowStatus
 from .replay import Run
 
 if TYPE_CHECKING:
@@ -51,7 +51,6 @@ FOREVER = datetime.datetime(9999, 1, 1, tzinfo=datetime.UTC)
 # (whose end wakes nobody), and for its children (in case one is deleted).
 RECHECK_OTHERS_SECONDS = 60.0
 RECHECK_CHILDREN_SECONDS = 600.0
-FINISHED = (WorkflowStatus.SUCCESS, WorkflowStatus.ERROR, WorkflowStatus.CANCELLED)
 
 
 class Suspend(BaseException):

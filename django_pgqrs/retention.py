@@ -32,10 +32,9 @@ from django.db.backends.utils import CursorWrapper
 from django.db.transaction import TransactionManagementError
 from django.utils import timezone
 
-from .models import WorkflowStatus
-from .store import workflows_alias
+from .models import FINISHED, UNFINISHED, WorkflowStatus
+from .store import in_test_case_only, workflows_alias
 
-FINISHED = (WorkflowStatus.SUCCESS, WorkflowStatus.ERROR, WorkflowStatus.CANCELLED)
 # ERROR workflows are kept unless asked for: they may still be resumed or forked.
 DEFAULT_STATUSES = (WorkflowStatus.SUCCESS, WorkflowStatus.CANCELLED)
 
@@ -135,10 +134,8 @@ def prune(
 
 
 def _refuse_in_transaction(alias: str) -> None:
-    connection = connections[alias]
-    blocks = connection.atomic_blocks
     # A test case's own blocks are allowed: its rows are the test's.
-    if connection.in_atomic_block and not all(getattr(b, "_from_testcase", False) for b in blocks):
+    if connections[alias].in_atomic_block and not in_test_case_only(alias):
         raise TransactionManagementError(
             f"prune() was called inside a transaction on database {alias!r}: it would delete "
             f"every batch in that one transaction, holding its locks to the end. Call it "
@@ -214,10 +211,7 @@ class _Statements:
         # waited for. SQLite's write transaction holds the whole database anyway.
         lock_roots = " FOR UPDATE OF w SKIP LOCKED" if postgres and not dry_run else ""
         lock_children = " FOR UPDATE OF w" if postgres and not dry_run else ""
-        unfinished = ", ".join(
-            f"'{status}'"
-            for status in (WorkflowStatus.PENDING, WorkflowStatus.RUNNING, WorkflowStatus.SLEEPING)
-        )
+        unfinished = ", ".join(f"'{status}'" for status in UNFINISHED)
         # OFFSET 0 keeps PostgreSQL from making the NOT EXISTS a join, which would read every
         # child in the table for each batch: one index probe per candidate is far cheaper.
         offset = " OFFSET 0" if postgres else ""

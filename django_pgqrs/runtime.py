@@ -49,7 +49,7 @@ from .models import Workflow, WorkflowStatus
 from .primitives import FOREVER, Suspend
 from .replay import Run, current, running_here
 from .steps import interruption, outage
-from .store import Claimed, Store, store_for, workflows_alias
+from .store import Claimed, Store, in_test_case_only, store_for, workflows_alias
 
 if TYPE_CHECKING:
     from .decorators import WorkflowFunction
@@ -130,15 +130,7 @@ def run_workflow(
     workflow.status = WorkflowStatus.RUNNING
     workflow.attempts = claimed.attempts
     workflow.recovery_attempts = claimed.recovery_attempts
-    run = Run(
-        workflow,
-        store,
-        lease,
-        claimed.steps,
-        parent_id=claimed.parent_id,
-        deadline=claimed.deadline_at,
-        savepoints=savepoints,
-    )
+    run = _run_of_claim(workflow, store, lease, claimed, savepoints)
     return _execute(definition, run, saved_args, saved_kwargs)
 
 
@@ -220,11 +212,25 @@ def run_claimed(claimed: Claimed, store: Store, lease: Lease, savepoints: bool =
             )
         workflow.status = WorkflowStatus.ERROR
         workflow.error = error_info(exc)
-        store.end(workflow.id, lease.token, WorkflowStatus.ERROR, error=error_text(exc))
+        # A child's end wakes its waiting parent, as every end does.
+        store.end(
+            workflow.id,
+            lease.token,
+            WorkflowStatus.ERROR,
+            error=error_text(exc),
+            wake_id=claimed.parent_id,
+        )
         if signals.workflow_finished.receivers:
             _finished(workflow, exc)
         raise exc from None
-    run = Run(
+    run = _run_of_claim(workflow, store, lease, claimed, savepoints)
+    return _execute(definition, run, args, kwargs)
+
+
+def _run_of_claim(
+    workflow: Workflow, store: Store, lease: Lease, claimed: Claimed, savepoints: bool
+) -> Run:
+    return Run(
         workflow,
         store,
         lease,
@@ -234,7 +240,6 @@ def run_claimed(claimed: Claimed, store: Store, lease: Lease, savepoints: bool =
         due=claimed.due,
         savepoints=savepoints,
     )
-    return _execute(definition, run, args, kwargs)
 
 
 def resume(workflow_id: int, *, force: bool = False) -> Any:
@@ -279,10 +284,9 @@ def refuse_in_transaction(alias: str, call: str, name: str | None = None) -> boo
     ``atomic(durable=True)`` allows them: return True then, so that step bodies run in savepoints
     and a failing one leaves the test's transaction usable.
     """
-    connection = connections[alias]
-    blocks = connection.atomic_blocks
-    if connection.in_atomic_block and all(getattr(b, "_from_testcase", False) for b in blocks):
+    if in_test_case_only(alias):
         return True
+    connection = connections[alias]
     manual = connection.connection is not None and not connection.get_autocommit()
     if connection.in_atomic_block or manual:
         fn = name or "fn"
@@ -362,9 +366,9 @@ def _execute(
                     _give_back(run)
                 raise
             if outage(exc, run.store.alias):
-                # The workflows' database was lost outside any step: at the commit of a
-                # primitive's own transaction (a child's start, an event's receipt), say. Not
-                # the workflow's failure: whether that commit happened, the next run reads.
+                # The workflows' database was lost outside any step, by a query of the workflow
+                # function itself (the engine's own writes say StorageError already). Not the
+                # workflow's failure, as in a step's body.
                 heartbeat.leave(lease)
                 lost = StorageError(run.store.alias, exc)
                 _name_workflow(lost, workflow.id)

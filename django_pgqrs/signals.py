@@ -93,9 +93,9 @@ def send_on_commit(signal: Signal, using: str, **kwargs: Any) -> None:
 def after_commit(using: str, callback: Any) -> None:
     """Call ``callback`` once the current transaction on ``using`` commits: at once outside one,
     and inside a test case's own blocks (which never commit; their rows are the test's)."""
-    connection = connections[using]
-    blocks = connection.atomic_blocks
-    if blocks and all(getattr(block, "_from_testcase", False) for block in blocks):
+    from .store import in_test_case_only
+
+    if in_test_case_only(using):
         callback()
     else:
         transaction.on_commit(callback, using=using)

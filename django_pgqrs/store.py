@@ -228,12 +228,10 @@ class Store:
         the next run reads."""
         try:
             with transaction.atomic(using=self.alias):
-                return self._write(work)
+                return self._write(work)  # which maps its statements' errors
         except IntegrityError:
             raise  # a key checked at commit: the caller's to say what it means
-        except DataError as exc:
-            raise PayloadError(f"The database {self.alias!r} refused a value: {exc}") from exc
-        except DatabaseError as exc:
+        except DatabaseError as exc:  # the commit's
             raise self._storage_error(exc) from exc
 
     def _storage_error(self, exc: DatabaseError) -> Exception:
@@ -768,6 +766,13 @@ def _text(value: Any) -> str | None:
 def _one(cursor: CursorWrapper, sql: str, params: dict[str, Any]) -> Any:
     cursor.execute(sql, params)
     return cursor.fetchone()
+
+
+def in_test_case_only(alias: str) -> bool:
+    """Whether every open atomic block on ``alias`` is a test case's own (Django's ``TestCase``,
+    pytest-django's ``django_db``): a transaction that never commits, whose rows are the test's."""
+    blocks = connections[alias].atomic_blocks
+    return bool(blocks) and all(getattr(block, "_from_testcase", False) for block in blocks)
 
 
 def workflows_alias() -> str:

@@ -55,7 +55,7 @@ from . import enqueue, signals
 from .async_support import refuse_in_event_loop
 from .decorators import WorkflowFunction
 from .exceptions import UnknownWorkflow
-from .models import Workflow, WorkflowStatus
+from .models import FINISHED, Workflow, WorkflowStatus
 from .registry import TASK_PREFIXES
 from .replay import running_here
 from .store import store_for, workflows_alias
@@ -269,11 +269,7 @@ def task_result(row: Workflow) -> TaskResult[..., Any]:
     task = task.using(
         priority=row.priority, queue_name=row.queue, run_after=run_after, backend=alias
     )
-    finished = row.status in (
-        WorkflowStatus.SUCCESS,
-        WorkflowStatus.ERROR,
-        WorkflowStatus.CANCELLED,
-    )
+    finished = row.status in FINISHED
     saved = row.input if isinstance(row.input, dict) else {}
     result: TaskResult[..., Any] = TaskResult(
         task=task,
@@ -312,13 +308,14 @@ def _workers(row: Workflow) -> list[str]:
 
 def _errors(row: Workflow) -> list[TaskError]:
     """One error per failed run, oldest first; a cancellation last."""
+    history = row.attempt_history
     errors = [
         _task_error(entry["error"])
-        for entry in row.history or []
+        for entry in history
         if entry.get("outcome") == WorkflowStatus.ERROR and isinstance(entry.get("error"), dict)
     ]
     if row.status == WorkflowStatus.ERROR and row.error:
-        last = (row.history or [{}])[-1]
+        last = history[-1] if history else {}
         if last.get("error") != row.error:  # failed by the recovery limit, not by a run
             errors.append(_task_error(row.error))
     if row.status == WorkflowStatus.CANCELLED:

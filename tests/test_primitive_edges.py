@@ -11,6 +11,7 @@ from django.db import connection, connections
 from django.test import override_settings
 
 from django_pgqrs import (
+    PayloadError,
     Workflow,
     WorkflowCancelled,
     WorkflowSuspended,
@@ -44,6 +45,23 @@ def test_a_parent_whose_child_is_cancelled_fails_with_it_and_does_not_loop():
     assert ran.error["type"] == "django_pgqrs.exceptions.WorkflowCancelled"
     saved = Workflow.objects.get(pk=parent)
     assert (saved.lease_token, saved.recovery_attempts) == (None, 0)
+
+
+def test_a_child_whose_saved_input_no_longer_decodes_wakes_its_parent_as_it_fails():
+    from tests.test_values import TAG, write_raw
+
+    with pytest.raises(WorkflowSuspended) as suspended:
+        pw.one_child.run(5)  # started its child (not run yet), and waits for it
+    parent = suspended.value.workflow_id
+    child = Workflow.objects.get(parent=parent)
+    gone = {"args": [{TAG: "tests.nowhere:Gone", "v": 1}], "kwargs": {}}
+    write_raw("pgqrs_workflows", "input", "workflow_id", child.id, gone)
+    with pytest.raises(PayloadError):
+        drain(limit=1)  # the child fails on its input...
+    assert Workflow.objects.filter(pk=child.id).values_list("status", flat=True).get() == "ERROR"
+    (ran,) = drain()  # ...and its end woke the parent, which fails with it
+    assert (ran.id, ran.status) == (parent, "ERROR")
+    assert Workflow.objects.get(pk=parent).error["type"] == "django_pgqrs.exceptions.WorkflowFailed"
 
 
 def test_a_wait_for_a_workflow_that_is_not_a_child_looks_again_by_itself():

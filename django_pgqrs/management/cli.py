@@ -12,6 +12,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
+from ..models import FINISHED
+
 _DURATION = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -210,7 +212,7 @@ def outcome(verb: str, asked: Sequence[int], done: Sequence[int], statuses: dict
         status = statuses.get(pk)
         if status is None:
             reason = "deleted meanwhile"
-        elif status in {"SUCCESS", "ERROR", "CANCELLED"}:
+        elif status in FINISHED:
             reason = f"already {status}"
         else:
             reason = f"still {status}"

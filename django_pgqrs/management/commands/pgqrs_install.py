@@ -6,8 +6,10 @@ from typing import Any
 
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import connections
 from django.db.migrations.executor import MigrationExecutor
+
+from django_pgqrs.store import workflows_alias
 
 APP = "django_pgqrs"
 
@@ -17,10 +19,12 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
-            "--database", default=DEFAULT_DB_ALIAS, help="Database alias (default: default)."
+            "--database",
+            help="Database alias (default: the one the routers give django_pgqrs, or default).",
         )
 
-    def handle(self, *args: Any, database: str, **options: Any) -> None:
+    def handle(self, *args: Any, database: str | None, **options: Any) -> None:
+        database = database or workflows_alias()
         executor = MigrationExecutor(connections[database])
         targets = [key for key in executor.loader.graph.leaf_nodes() if key[0] == APP]
         plan = executor.migration_plan(targets)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime
+import itertools
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
 from django_pgqrs import retention
 from django_pgqrs.management import cli
+from django_pgqrs.models import FINISHED
 
 
 class Command(BaseCommand):
@@ -32,7 +34,7 @@ class Command(BaseCommand):
             "--status",
             nargs="+",
             type=cli.upper,
-            choices=[status.value for status in retention.FINISHED],
+            choices=[status.value for status in FINISHED],
             default=[status.value for status in retention.DEFAULT_STATUSES],
             metavar="STATUS",
             help="Which finished workflows: SUCCESS, ERROR, CANCELLED (default: SUCCESS "
@@ -62,16 +64,17 @@ class Command(BaseCommand):
         **options: Any,
     ) -> None:
         verb = "would delete" if dry_run else "deleted"
-        batches = iter(range(1, 1 << 62))
+        batches = itertools.count(1)
 
         def progress(batch: retention.PruneCounts, total: retention.PruneCounts) -> None:
-            if verbosity >= 1:
-                self.stdout.write(
-                    f"batch {next(batches)}: {verb} {cli.plural(batch.workflows, 'workflow')} "
-                    f"({_children(batch)}); {total.workflows} in all"
-                )
+            self.stdout.write(
+                f"batch {next(batches)}: {verb} {cli.plural(batch.workflows, 'workflow')} "
+                f"({_children(batch)}); {total.workflows} in all"
+            )
 
-        total = retention.prune(older_than, status, batch_size, dry_run, progress=progress)
+        total = retention.prune(
+            older_than, status, batch_size, dry_run, progress=progress if verbosity else None
+        )
         when = f"last updated before {cli.local(older_than)} ({', '.join(status)})"
         if not total.workflows:
             self.stdout.write(f"No workflows {when} to prune.")

@@ -10,6 +10,7 @@ from django_pgqrs.exceptions import PgqrsError, WorkflowSuspended
 from django_pgqrs.models import Workflow, WorkflowStatus
 from django_pgqrs.operations import fork_workflow
 from django_pgqrs.runtime import resume
+from django_pgqrs.store import workflows_alias
 
 
 class Command(BaseCommand):
@@ -37,7 +38,9 @@ class Command(BaseCommand):
     def handle(
         self, *args: Any, workflow_id: int, force: bool, from_step: str | None, **options: Any
     ) -> None:
-        workflow = Workflow.objects.defer("input", "result").filter(pk=workflow_id).first()
+        workflow = (
+            Workflow.objects.using(workflows_alias()).defer("input").filter(pk=workflow_id).first()
+        )
         if workflow is None:
             raise CommandError(f"Workflow {workflow_id} does not exist.")
         if from_step is not None:

@@ -10,6 +10,7 @@ import django
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from django_pgqrs.exceptions import WorkflowInTransaction
+from django_pgqrs.management import cli
 from django_pgqrs.worker import Worker
 
 
@@ -27,7 +28,7 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--concurrency",
-            type=int,
+            type=cli.positive_int,
             default=1,
             help="How many workflows to run at once, each in its own thread (default: 1).",
         )
@@ -57,8 +58,6 @@ class Command(BaseCommand):
         names = [name.strip() for name in queues.split(",") if name.strip()]
         if not names:
             raise CommandError("--queues needs at least one queue name.")
-        if concurrency < 1:
-            raise CommandError("--concurrency must be at least 1.")
         self._log_to_stderr(verbosity)
         if django.VERSION >= (6, 0):
             from django_pgqrs.tasks import check_worker_queues
