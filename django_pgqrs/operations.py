@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Iterable
-from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
@@ -64,25 +62,14 @@ def cancel(workflow_ids: Iterable[int]) -> list[int]:
                 .filter(pk__in=layer)
                 .exclude(pk__in=cancelled)
                 .exclude(status__in=[WorkflowStatus.SUCCESS, WorkflowStatus.CANCELLED])
-                .values_list("pk", "name", "status", "attempts", "lease_owner", "history")
+                .values_list("pk", "name", "status")
             )
             ids = [row[0] for row in rows]
-            now = timezone.now()
-            Workflow.objects.using(alias).filter(pk__in=ids).update(
-                status=WorkflowStatus.CANCELLED,
-                updated_at=now,
-                lease_owner=None,
-                lease_token=None,
-                lease_expires_at=None,
-            )
-            for pk, name, status, attempts, owner, history in rows:
+            if ids:
+                store_for(alias).cancel(ids)
+            for pk, name, status in rows:
                 if status != WorkflowStatus.ERROR:
                     ended_now[pk] = name
-                if status == WorkflowStatus.RUNNING:
-                    # Its run ends here, as far as the workflow is concerned: in its history.
-                    Workflow.objects.using(alias).filter(pk=pk).update(
-                        history=_appended(history, attempts, owner, now, "CANCELLED")
-                    )
             cancelled += ids
             layer = list(
                 Workflow.objects.using(alias)
@@ -116,17 +103,6 @@ def _stop_runs_here(cancelled: list[int]) -> None:
         run = _running.get(workflow_id)
         if run is not None:
             run.lease.lost = True
-
-
-def _appended(
-    history: Any, attempts: int, owner: str | None, now: datetime.datetime, outcome: str
-) -> list[Any]:
-    """``history`` with one more entry, as the engine's statements append them."""
-    from .statements import HISTORY_LIMIT
-
-    entries = list(history) if isinstance(history, list) else []
-    entry = {"attempt": attempts, "worker": owner, "ended_at": now.isoformat(), "outcome": outcome}
-    return [*entries, entry][-HISTORY_LIMIT:]
 
 
 def cancel_children(workflow_id: int) -> list[int]:

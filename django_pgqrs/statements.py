@@ -108,6 +108,16 @@ for _vendor, _words in DIALECT.items():
     _words["log_suspend"] = "history = " + _appended(_vendor, "'SLEEPING'", "NULL")
     _words["log_release"] = "history = " + _appended(_vendor, "'PENDING'", f"%(error)s{_json}")
     _words["log_reap"] = "history = " + _appended(_vendor, "'LOST'", "NULL")
+    _words["log_cancel_running"] = (
+        "history = CASE WHEN status = 'RUNNING' THEN "
+        + _appended(_vendor, "'CANCELLED'", "NULL")
+        + " ELSE history END"
+    )
+    _words["ids"] = (
+        "= ANY(%(ids)s::bigint[])"
+        if _vendor == "postgresql"
+        else "IN (SELECT value FROM json_each(%(ids)s))"
+    )
     # A claim that takes a RUNNING workflow over (its owner's lease expired, or ``force``) ends
     # that owner's run for it, and says so: ``took_over`` (see CLAIM).
     _words["lost_here"] = _appended(
@@ -347,6 +357,16 @@ WHERE workflow_id = %(id)s AND lease_token = %(token)s{uuid}
 RETURNING workflow_id
 """
 
+# Cancellation of workflows that have not ended (operations.cancel locks them first): the run of
+# a RUNNING one ends here, as far as the workflow is concerned, and its history says so.
+CANCEL = """
+UPDATE pgqrs_workflows SET
+    {log_cancel_running},
+    status = 'CANCELLED', updated_at = {now},
+    lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+WHERE workflow_id {ids}
+"""
+
 # Recovery: workflows whose owner stopped renewing its lease go back to PENDING for any worker,
 # or to ERROR once they have been taken over MAX_RECOVERY_ATTEMPTS times (a workflow that kills
 # every process that runs it must not take the whole fleet down, one worker after another).
@@ -387,7 +407,7 @@ REAP_SQLITE_UPDATE = (
     "UPDATE pgqrs_workflows SET"
     + _REAP_SET
     + """
-WHERE workflow_id IN (SELECT value FROM json_each(%(ids)s))
+WHERE workflow_id {ids}
 RETURNING workflow_id, name, status, queue
 """
 )

@@ -158,6 +158,7 @@ class Store:
         self.sql_fork_steps = statements.FORK_STEPS_SQLITE
         self.sql_reap_update = statements.REAP_SQLITE_UPDATE.format(**words)
         self.sql_renew = statements.RENEW[self.vendor].format(**words)
+        self.sql_cancel = statements.CANCEL.format(**words)
 
     @property
     def connection(self) -> BaseDatabaseWrapper:
@@ -614,6 +615,16 @@ class Store:
         except IntegrityError:
             # Its forked_from key, checked at commit: the original was deleted meanwhile.
             return None
+
+    def cancel(self, ids: list[int]) -> None:
+        """Mark workflows CANCELLED, their leases cleared; in the caller's transaction, which
+        has locked their rows and checked that they have not ended."""
+        params = self._params(0, ids=self._ids(ids))
+
+        def work(cursor: CursorWrapper) -> None:
+            cursor.execute(self.sql_cancel, params)
+
+        self._write(work)
 
     def _ids(self, ids: list[int]) -> Any:
         return ids if self.vendor == "postgresql" else json.dumps(ids)
