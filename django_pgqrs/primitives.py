@@ -80,12 +80,15 @@ def suspend(
     event: str | None = None,
     children: list[int] | None = None,
 ) -> NoReturn:
-    """Stop the run here: the workflow sleeps until ``wake`` (or until woken).
+    """Stop the run here: the workflow sleeps until ``wake`` (or until woken), or until its
+    deadline if that comes first.
 
     While the suspension unwinds the workflow function, its ``finally`` blocks and context
     managers run (Python's way); a step or primitive they call does not run then: it raises the
     suspension again, so that nothing is saved out of order.
     """
+    if run.deadline is not None:
+        wake = min(wake, run.deadline)
     stop = Suspend(wake, reason, event, children)
     run.suspending = stop
     raise stop
@@ -226,10 +229,7 @@ def wait_for_event(ctx: Workflow, name: str, timeout: float | None = None) -> An
     if until is not None and run.reached(until):
         _save(run, step_id, position, shift, "null")  # timed out
         return None
-    end = until or FOREVER
-    if run.deadline is not None:
-        end = min(end, run.deadline)
-    suspend(run, end, f"waiting for event {name!r}", event=name)
+    suspend(run, until or FOREVER, f"waiting for event {name!r}", event=name)
 
 
 def _check_name(name: object, what: str) -> None:
@@ -355,8 +355,6 @@ def wait_all(
     others = any(outcomes[i][3] != run.workflow.id for i in ids)
     look = RECHECK_OTHERS_SECONDS if others else RECHECK_CHILDREN_SECONDS
     end = clock.now() + datetime.timedelta(seconds=look)
-    if run.deadline is not None:
-        end = min(end, run.deadline)
     suspend(run, end, f"waiting for workflows {ids}", children=ids)
 
 

@@ -226,11 +226,11 @@ WITH_STEPS = """
 WITH claimed AS ({claim})
 SELECT claimed.workflow_id, claimed.name, claimed.input::text, claimed.attempts,
     claimed.recovery_attempts, claimed.parent_id, claimed.deadline_at, claimed.run_at,
+    claimed.took_over,
     (SELECT json_agg(json_build_array(s.step_id, s.position, s.status, s.output::text,
                                       s.attempts, s.error, s.args_digest)
                      ORDER BY s.position)::text
-     FROM pgqrs_workflow_steps s WHERE s.workflow_id = claimed.workflow_id),
-    claimed.took_over
+     FROM pgqrs_workflow_steps s WHERE s.workflow_id = claimed.workflow_id)
 FROM claimed
 """
 

@@ -98,8 +98,7 @@ def call_step(
         retry_at = datetime.datetime.fromisoformat(pending["retry_at"])
         if not run.reached(retry_at):
             check_deadline(run, f"step {step_id!r}")
-            end = retry_at if run.deadline is None else min(retry_at, run.deadline)
-            suspend(run, end, f"step {step_id!r} retries at {retry_at}")
+            suspend(run, retry_at, f"step {step_id!r} retries at {retry_at}")
         tries, history = int(pending.get("tries", 0)), pending.get("attempt_errors")
     return _run_body(
         definition,
@@ -261,8 +260,7 @@ def _run_body(
                     run, step_id, position, shift, attempts, started, digest, exc=exc, extra=pending
                 ):
                     raise run.lost_error() from exc
-                end = retry_at if run.deadline is None else min(retry_at, run.deadline)
-                suspend(run, end, f"step {step_id!r} retries at {retry_at}")
+                suspend(run, retry_at, f"step {step_id!r} retries at {retry_at}")
             extra = {"attempt_errors": history}
             if not write_checkpoint(
                 run, step_id, position, shift, attempts, started, digest, exc=exc, extra=extra

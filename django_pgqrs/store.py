@@ -103,6 +103,8 @@ class Reaped:
     name: str
     status: str
     owner: str | None
+    # The error it was saved with, when recovery gave up on it (ERROR).
+    error: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -401,7 +403,7 @@ class Store:
             if row is None:
                 return None
             if self.vendor == "postgresql":
-                return row, json.loads(row[8]) if row[8] else []
+                return row, json.loads(row[9]) if row[9] else []  # the claim's columns first
             cursor.execute(statements.STEPS, {"id": row[0]})
             return row, [
                 (r[0], r[1], r[2], r[3], r[4], json.loads(r[5]) if r[5] else None, r[6])
@@ -415,7 +417,7 @@ class Store:
         steps = {r[0]: SavedStep(r[1], r[2], r[3], r[4], r[5], r[6]) for r in saved}
         deadline = self._datetime(row[6]) if row[6] is not None else None
         due = self._datetime(row[7]) if row[7] is not None else None
-        took_over = bool(row[9] if self.vendor == "postgresql" else row[8])
+        took_over = bool(row[8])
         return Claimed(
             row[0], row[1], row[2], row[3], row[4], row[5], deadline, due, steps, took_over
         )
@@ -697,7 +699,11 @@ class Store:
                 self._notify(cursor, queue)
             return rows
 
-        return [Reaped(row[0], row[1], row[2], row[4]) for row in self._write(work)]
+        given_up = json.loads(poison)
+        return [
+            Reaped(row[0], row[1], row[2], row[4], given_up if row[2] == "ERROR" else None)
+            for row in self._write(work)
+        ]
 
     def _notify(self, cursor: CursorWrapper, queue: str) -> None:
         if self.vendor == "postgresql":

@@ -411,7 +411,7 @@ class Worker:
                 )
         self._count("recovered", len(reaped))
         if signals.workflow_recovered.receivers or signals.workflow_finished.receivers:
-            _recovered(self.alias, reaped)
+            _recovered(reaped)
         return len(reaped)
 
     def _count(self, what: str, n: int = 1) -> None:
@@ -535,7 +535,7 @@ class Worker:
         return True
 
 
-def _recovered(alias: str, reaped: list[Reaped]) -> None:
+def _recovered(reaped: list[Reaped]) -> None:
     """Send the signals of workflows taken back from dead owners (their update is committed)."""
     for item in reaped:
         if signals.workflow_recovered.receivers:
@@ -547,14 +547,12 @@ def _recovered(alias: str, reaped: list[Reaped]) -> None:
                 status=item.status,
             )
         if item.status == WorkflowStatus.ERROR and signals.workflow_finished.receivers:
-            saved = Workflow.objects.using(alias).filter(pk=item.workflow_id)
-            error = saved.values_list("error", flat=True)
             signals.send(
                 signals.workflow_finished,
                 workflow_id=item.workflow_id,
                 name=item.name,
                 status=WorkflowStatus.ERROR,
                 result=None,
-                error=error.first(),
+                error=item.error,
                 exception=None,
             )
