@@ -62,6 +62,19 @@ LIST_COLUMNS = (
 )
 
 
+def bounded_count(queryset: QuerySet[Any], up_to: int) -> tuple[int, bool]:
+    """How many rows ``queryset`` has, and whether that is an estimate: counted up to
+    ``up_to``; past that, PostgreSQL's estimate (an exact count would read them all), and on
+    SQLite the exact count."""
+    rows = queryset.order_by().values("pk")
+    counted = int(rows[: up_to + 1].count())
+    if counted <= up_to:
+        return counted, False
+    if connections[rows.db].vendor != "postgresql":
+        return int(rows.count()), False
+    return max(counted, planner_rows(rows)), True
+
+
 class EstimatedCountPaginator(Paginator):  # type: ignore[type-arg]
     """A paginator that counts up to ``EXACT_UP_TO`` rows and estimates past that."""
 
@@ -78,14 +91,8 @@ class EstimatedCountPaginator(Paginator):  # type: ignore[type-arg]
 
     @cached_property
     def count(self) -> int:
-        queryset: QuerySet[Any] = self.object_list.order_by().values("pk")  # type: ignore[attr-defined]
-        counted = int(queryset[: EXACT_UP_TO + 1].count())
-        if counted <= EXACT_UP_TO:
-            return counted
-        if connections[queryset.db].vendor != "postgresql":
-            return int(queryset.count())
-        self.estimated = True
-        return max(counted, planner_rows(queryset))
+        count, self.estimated = bounded_count(self.object_list, EXACT_UP_TO)  # type: ignore[arg-type]
+        return count
 
     def validate_number(self, number: Any) -> int:
         if not self.estimated:

@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from . import registry
 from .admin_display import ago, exact, when
-from .admin_list import error_columns, planner_rows
+from .admin_list import bounded_count, error_columns, planner_rows
 from .models import FINISHED, Workflow, WorkflowStatus
 
 COUNT_UP_TO = 100_000
@@ -63,16 +63,12 @@ def status_counts(alias: str) -> list[StatusCount]:
     small = not postgres or planner_rows(Workflow.objects.using(alias)) <= COUNT_UP_TO
     counts = []
     for status in WorkflowStatus.values:
-        rows = Workflow.objects.using(alias).filter(status=status).order_by()
-        if not postgres:
-            counts.append(StatusCount(status, rows.count()))
-            continue
+        rows = Workflow.objects.using(alias).filter(status=status)
         if status != WorkflowStatus.SUCCESS or small:
-            counted = rows.values("pk")[: COUNT_UP_TO + 1].count()
-            if counted <= COUNT_UP_TO:
-                counts.append(StatusCount(status, counted))
-                continue
-        counts.append(StatusCount(status, planner_rows(rows), estimated=True))
+            count, estimated = bounded_count(rows, COUNT_UP_TO)
+        else:
+            count, estimated = planner_rows(rows.order_by()), True
+        counts.append(StatusCount(status, count, estimated=estimated))
     return counts
 
 

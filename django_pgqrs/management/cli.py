@@ -110,23 +110,6 @@ def duration(
     return (completed - started).total_seconds()
 
 
-def human_duration(seconds: float | None) -> str:
-    """``12 ms``, ``3.4 s``, ``2 m 05 s``, ``3 h 20 m``; ``-`` for none."""
-    if seconds is None:
-        return "-"
-    if seconds < 0.01:
-        return f"{seconds * 1000:.1f} ms"
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes} m {secs:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} m"
-
-
 def plural(count: int, word: str) -> str:
     """``1 step``, ``3 steps``."""
     return f"{count} {word}" if count == 1 else f"{count} {word}s"

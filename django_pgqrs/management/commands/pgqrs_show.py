@@ -11,6 +11,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db.models import F, TextField
 from django.db.models.functions import Cast
 
+from django_pgqrs.admin_display import duration
 from django_pgqrs.management import cli
 from django_pgqrs.models import Workflow, WorkflowStep
 from django_pgqrs.store import workflows_alias
@@ -120,7 +121,7 @@ class Command(BaseCommand):
                     step["step_id"],
                     step["status"],
                     str(step["attempts"]),
-                    cli.human_duration(step["duration_seconds"]),
+                    duration(step["duration_seconds"]),
                     cli.local(step["completed_at"]),
                     cli.clip(cli.error_line(step["error"]), 80),
                 )
