@@ -218,6 +218,8 @@ def error_html(error: dict[str, Any] | None) -> SafeString:
     it holds (the exception's class and arguments) as JSON."""
     if not error:
         return format_html("{}", "-")
+    if not isinstance(error, dict):  # not the engine's: edited by hand, say
+        return format_html('<div class="pgqrs-error-block">{}</div>', error)
     step = error.get("step")
     rest = {k: v for k, v in error.items() if k not in ("type", "message", "traceback", "step")}
     return format_html(
